@@ -1,0 +1,244 @@
+"""The one typed config tree, loaded from YAML and validated when it is loaded.
+
+Where it comes from, first match wins: ``--config FILE``, ``$DOJO_CONFIG``, ``dojo.yaml`` in the current
+directory, else the defaults below. ``$DOJO_HOME`` overrides ``storage.root`` so several stacks (and test
+runs) can live side by side. A relative ``storage.root`` is resolved against the config file's directory
+(the current directory when there is no file).
+
+Every field carries a one-line doc (``doc(...)``). Unknown keys and bad values raise ``ValueError`` naming
+the key path and what is allowed. ``dojo config show`` prints the resolved tree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+TINY_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "assets" / "tiny-qwen3"
+
+
+def doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
+    """A dataclass field with a one-line doc kept in its metadata (shown by `dojo config show --docs`)."""
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    root: str = doc("storage root: a local folder (relative paths resolve against the config file)", "dojo-home")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = doc("base model: an HF model directory or hub id; default is the built-in tiny Qwen3",
+                            str(TINY_MODEL_DIR))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+        "weights/compute dtype; auto = bfloat16 on CUDA with bf16 support, else float32", "auto")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = doc(
+        "attention kernel; auto = flash_attention_2 when importable on CUDA, else sdpa", "auto")
+    gradient_checkpointing: bool = doc("recompute activations in backward to save memory", True)
+    trust_remote_code: bool = doc("allow model code from the model directory/hub (off unless you trust it)", False)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    max_length: int = doc("tokens per packed row; an example longer than this is an error, never truncated", 512)
+    system_prompt: str = doc("system prompt added to examples that have none ({date} = today's date)",
+                             "You are a careful assistant. Answer in exactly the format asked for.")
+    val_fraction: float = doc("share of a file's examples held out for validation loss", 0.02)
+    val_max_examples: int = doc("cap on held-out validation examples per file", 64)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = doc("seed for data order, init of new layers and dropout", 1234)
+    learning_rate: float = doc("peak learning rate", 3e-3)
+    weight_decay: float = doc("AdamW weight decay (not applied to norms and biases)", 0.0)
+    adam_beta1: float = doc("AdamW beta1", 0.9)
+    adam_beta2: float = doc("AdamW beta2", 0.98)
+    warmup_steps: int = doc("linear warm-up steps at the start of the run (global step)", 20)
+    schedule: Literal["constant", "cosine", "linear"] = doc(
+        "after warm-up: constant, or decay to min_lr_ratio by total_steps", "constant")
+    total_steps: int = doc("horizon for cosine/linear decay (global steps)", 10_000)
+    min_lr_ratio: float = doc("floor of the decayed learning rate as a share of the peak", 0.1)
+    micro_batch_size: int = doc("packed rows per forward pass", 4)
+    grad_accum: int = doc("micro-batches per optimizer step", 1)
+    max_grad_norm: float = doc("gradient clipping norm (0 = off)", 1.0)
+    epochs: float = doc("passes over the file when --steps is not given", 1.0)
+    log_every: int = doc("log loss every N optimizer steps", 10)
+    save_optimizer: bool = doc("store optimizer/scheduler/RNG state in the checkpoint for exact resume", True)
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    min_masked_ratio: float = doc("lowest allowed share of label=-100 tokens among real tokens", 0.30)
+    max_masked_ratio: float = doc("highest allowed share of label=-100 tokens among real tokens", 0.85)
+    min_span_trained: float = doc("share of each assistant span that must be trained", 0.90)
+    check_rows: int = doc("packed rows checked before training (0 = all)", 0)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = doc("prompts per batched greedy generation", 64)
+    max_new_tokens: int = doc("generation budget per answer", 64)
+    show_failures: int = doc("wrong answers kept per level in the report", 10)
+
+
+@dataclass(frozen=True)
+class Config:
+    storage: StorageConfig = doc("where data, checkpoints and state live", default_factory=StorageConfig)
+    model: ModelConfig = doc("the model being trained", default_factory=ModelConfig)
+    data: DataConfig = doc("rendering and packing of examples", default_factory=DataConfig)
+    train: TrainConfig = doc("the training loop", default_factory=TrainConfig)
+    masking: MaskingConfig = doc("thresholds of the masking validators", default_factory=MaskingConfig)
+    eval: EvalConfig = doc("evaluation of checkpoints", default_factory=EvalConfig)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.storage.root)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- value rules (beyond types)
+def _check_values(cfg: Config) -> None:
+    rules = [
+        ("data.max_length", cfg.data.max_length >= 16, "an integer >= 16"),
+        ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 0.5, "a number in [0, 0.5)"),
+        ("data.val_max_examples", cfg.data.val_max_examples >= 0, "an integer >= 0"),
+        ("train.learning_rate", 0.0 < cfg.train.learning_rate < 1.0, "a number in (0, 1)"),
+        ("train.weight_decay", cfg.train.weight_decay >= 0.0, "a number >= 0"),
+        ("train.adam_beta1", 0.0 <= cfg.train.adam_beta1 < 1.0, "a number in [0, 1)"),
+        ("train.adam_beta2", 0.0 <= cfg.train.adam_beta2 < 1.0, "a number in [0, 1)"),
+        ("train.warmup_steps", cfg.train.warmup_steps >= 0, "an integer >= 0"),
+        ("train.total_steps", cfg.train.total_steps >= 1, "an integer >= 1"),
+        ("train.min_lr_ratio", 0.0 <= cfg.train.min_lr_ratio <= 1.0, "a number in [0, 1]"),
+        ("train.micro_batch_size", cfg.train.micro_batch_size >= 1, "an integer >= 1"),
+        ("train.grad_accum", cfg.train.grad_accum >= 1, "an integer >= 1"),
+        ("train.max_grad_norm", cfg.train.max_grad_norm >= 0.0, "a number >= 0"),
+        ("train.epochs", cfg.train.epochs > 0.0, "a number > 0"),
+        ("train.log_every", cfg.train.log_every >= 1, "an integer >= 1"),
+        ("masking.min_masked_ratio", 0.0 <= cfg.masking.min_masked_ratio <= 1.0, "a number in [0, 1]"),
+        ("masking.max_masked_ratio", cfg.masking.min_masked_ratio <= cfg.masking.max_masked_ratio <= 1.0,
+         "a number in [masking.min_masked_ratio, 1]"),
+        ("masking.min_span_trained", 0.0 < cfg.masking.min_span_trained <= 1.0, "a number in (0, 1]"),
+        ("masking.check_rows", cfg.masking.check_rows >= 0, "an integer >= 0"),
+        ("eval.batch_size", cfg.eval.batch_size >= 1, "an integer >= 1"),
+        ("eval.max_new_tokens", cfg.eval.max_new_tokens >= 1, "an integer >= 1"),
+        ("eval.show_failures", cfg.eval.show_failures >= 0, "an integer >= 0"),
+        ("storage.root", bool(cfg.storage.root.strip()), "a non-empty path"),
+    ]
+    for key, ok, allowed in rules:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            raise ValueError(f"config {key}: {value!r} is not allowed; use {allowed}")
+
+
+# ---------------------------------------------------------------- building typed dataclasses from dicts
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp``; return it (ints are accepted where floats are)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ValueError(f"config {key}: {value!r} is not allowed; use one of {', '.join(map(str, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"config {key}: expected a mapping of settings, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config {key}: {value!r} is not allowed; use true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config {key}: {value!r} is not allowed; use an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config {key}: {value!r} is not allowed; use a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config {key}: {value!r} is not allowed; use a string")
+        return value
+    raise AssertionError(f"unsupported config annotation {tp} at {key}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ValueError(f"config {prefix}{key}: unknown key; allowed keys here: {', '.join(names)}")
+    kwargs = {name: _coerce(data[name], hints[name], prefix + name) for name in names if name in data}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict | None, base_dir: Path | None = None, env: dict | None = None) -> Config:
+    """Build and validate a Config from a plain mapping (as parsed from YAML)."""
+    env = os.environ if env is None else env
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config: the top level must be a mapping of sections, got {type(data).__name__}")
+    cfg = _build(Config, data)
+    root = env.get("DOJO_HOME") or cfg.storage.root
+    root_path = Path(root).expanduser()
+    if not root_path.is_absolute():
+        root_path = (base_dir or Path.cwd()) / root_path
+    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=str(root_path.resolve())))
+    _check_values(cfg)
+    return cfg
+
+
+def config_path(explicit: str | None = None, env: dict | None = None) -> Path | None:
+    """Which YAML file to load: --config, then $DOJO_CONFIG, then ./dojo.yaml; None means defaults."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("DOJO_CONFIG"):
+        return Path(env["DOJO_CONFIG"])
+    local = Path.cwd() / "dojo.yaml"
+    return local if local.exists() else None
+
+
+def load(explicit: str | None = None, env: dict | None = None) -> Config:
+    """Load, validate and resolve the config. Errors name the file and the key."""
+    path = config_path(explicit, env)
+    if path is None:
+        return from_dict({}, None, env)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist (from --config or $DOJO_CONFIG)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path}: not valid YAML: {exc}") from None
+    try:
+        return from_dict(data, path.resolve().parent, env)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def docs() -> dict[str, str]:
+    """Key path -> one-line doc for every field (for `dojo config show --docs` and the docs test)."""
+    out = {}
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory):
+            out[f"{section.name}.{f.name}"] = f.metadata.get("doc", "")
+    return out

@@ -1,0 +1,1 @@
+"""Skills: generators, scorers and fixed eval sets. Never imports prefect or torch."""
