@@ -87,7 +87,7 @@ class MaskingConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = doc("prompts per batched greedy generation", 64)
-    max_new_tokens: int = doc("generation budget per answer", 64)
+    max_new_tokens: int = doc("generation budget per answer (BIN level 7 answers need ~90 tokens)", 128)
     show_failures: int = doc("wrong answers kept per level in the report", 10)
 
 
@@ -158,6 +158,8 @@ def _coerce(value, tp, key: str):
             return None
         return _coerce(value, args[0], key)
     if dataclasses.is_dataclass(tp):
+        if value is None:   # an empty section (only comments under it) means its defaults
+            value = {}
         if not isinstance(value, dict):
             raise ValueError(f"config {key}: expected a mapping of settings, got {value!r}")
         return _build(tp, value, key + ".")
@@ -203,6 +205,10 @@ def from_dict(data: dict | None, base_dir: Path | None = None, env: dict | None 
     if not root_path.is_absolute():
         root_path = (base_dir or Path.cwd()) / root_path
     cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=str(root_path.resolve())))
+    model_path = (base_dir or Path.cwd()) / cfg.model.name_or_path
+    if not Path(cfg.model.name_or_path).is_absolute() and model_path.exists():
+        # a relative model directory resolves like storage.root; anything else stays a hub id
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=str(model_path.resolve())))
     _check_values(cfg)
     return cfg
 

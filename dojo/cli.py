@@ -1,0 +1,237 @@
+"""The ``dojo`` command.
+
+    dojo config show [--docs]                 the resolved config (after dojo.yaml, --config, $DOJO_HOME)
+    dojo generate --skill bin --level L --count N --seed S --out FILE
+    dojo pack-check FILE [--max-length N] [--dump OUT.jsonl]
+    dojo train FILE [--steps N]               one chunk from the latest checkpoint (or the base model)
+    dojo eval CHECKPOINT --skill bin [--levels 1,2]
+    dojo demo                                 generate BIN level 1, train chunks until it is learned, evaluate
+
+Every command takes ``--config FILE``. User mistakes print ``dojo: error: …`` naming the file, line, rule and
+value, and exit 2; ``pack-check`` exits 1 when a hard masking check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from dojo import config as config_mod
+from dojo.lineage import write_sidecar
+from skills import bin as bin_skill
+
+SKILL_MODULES = {"bin": bin_skill}
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module="torch.utils.checkpoint")
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels must be comma-separated integers, got {text!r}") from None
+
+
+# ---------------------------------------------------------------- commands
+def cmd_config_show(cfg, args) -> int:
+    data = cfg.to_dict()
+    if args.docs:
+        for key, text in config_mod.docs().items():
+            section, name = key.split(".")
+            print(f"{key} = {data[section][name]!r}\n    # {text}")
+    else:
+        print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def generate_file(skill: str, level: int, count: int, seed: int, out: Path, force: bool = False) -> Path:
+    """Write ``count`` chat_sft_v1 examples and their sidecar. Refuses to overwrite unless ``force``."""
+    module = SKILL_MODULES[skill]
+    if level not in module.LEVELS:
+        raise ValueError(f"--level {level}: {skill} has levels {list(module.LEVELS)}")
+    if count < 1:
+        raise ValueError(f"--count must be >= 1, got {count}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise ValueError(f"{out} already exists; pass --force to replace it (dojo never overwrites data silently)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for problem in module.generate(level, count, seed):
+            f.write(json.dumps(module.to_chat(problem), ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    write_sidecar(out, module.GENERATOR_ID, module.GENERATOR_VERSION,
+                  {"skill": skill, "level": level, "count": count, "seed": seed}, count,
+                  spec="chat_sft_v1", skill=skill, level=level)
+    return out
+
+
+def cmd_generate(cfg, args) -> int:
+    out = generate_file(args.skill, args.level, args.count, args.seed, Path(args.out), args.force)
+    print(f"wrote {args.count} {args.skill} level-{args.level} examples to {out} (+ {out.stem}.meta.json)")
+    return 0
+
+
+def cmd_pack_check(cfg, args) -> int:
+    from model.chat import system_prompt_text
+    from model.loading import load_tokenizer
+    from model.packing import fill_ratio, pack
+    from model.train import tokenize_all
+    from validation.chat import read_chat_file
+    from validation.masking import Thresholds, validate_rows
+
+    max_length = args.max_length or cfg.data.max_length
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    examples = read_chat_file(args.file)
+    tokenized = tokenize_all(examples, tokenizer, system_prompt_text(cfg.data.system_prompt))
+    rows = pack(tokenized, max_length)
+    m = cfg.masking
+    report = validate_rows(rows, tokenizer, Thresholds(m.min_masked_ratio, m.max_masked_ratio, m.min_span_trained))
+    print(f"{args.file}: {len(examples)} examples → {len(rows)} rows of ≤ {max_length} tokens")
+    print(f"fill ratio {fill_ratio(rows, max_length):.3f}, masked ratio {report.masked_ratio:.3f}")
+    print(report.format())
+    if args.dump:
+        with open(args.dump, "w", encoding="utf-8") as f:
+            for i, row in enumerate(rows):
+                f.write(json.dumps({"row": i, "examples": [tokenized[j].source for j in row.examples],
+                                    "input_ids": row.input_ids, "labels": row.labels,
+                                    "position_ids": row.position_ids}) + "\n")
+        print(f"dumped {len(rows)} rows to {args.dump}")
+    print("verdict:", "OK" if report.ok else "FAIL (hard masking check failed; training would refuse this file)")
+    return 0 if report.ok else 1
+
+
+def cmd_train(cfg, args) -> int:
+    from model.train import train_chunk
+
+    result = train_chunk(cfg, args.file, steps=args.steps)
+    print(json.dumps({"checkpoint": result.checkpoint, "step": result.step, "steps": result.steps,
+                      "train_loss": round(result.train_loss, 4),
+                      "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
+                      "examples_trained": result.examples_trained, "seconds": round(result.seconds, 1)}))
+    return 0
+
+
+def print_eval(report: dict, skill: str) -> None:
+    for level, r in report["skills"][skill]["levels"].items():
+        note = "  (eval set = whole space, overlaps training)" if r["overlaps_training"] else ""
+        print(f"{skill} level {level}: accuracy {r['accuracy']:.3f} ({r['correct']}/{r['n']}), "
+              f"partial {r['partial']:.3f}{note}")
+    print(f"report: {report['report_path']}")
+
+
+def cmd_eval(cfg, args) -> int:
+    from model.evaluate import evaluate
+
+    report = evaluate(cfg, args.checkpoint, args.skill, args.levels)
+    print_eval(report, args.skill)
+    return 0
+
+
+def cmd_demo(cfg, args) -> int:
+    """BIN level 1 end to end: generate, train in chunks (exact resume between them), evaluate each chunk."""
+    from model.evaluate import evaluate
+    from model.train import train_chunk
+
+    data = cfg.root / "demo" / f"bin_level1_{args.count}_seed{args.seed}.jsonl"
+    if not data.exists():
+        generate_file("bin", 1, args.count, args.seed, data)
+    print(f"data: {data}")
+    spent, accuracy = 0.0, 0.0
+    while spent < args.minutes * 60 and accuracy < args.target:
+        result = train_chunk(cfg, data, steps=args.chunk_steps)
+        spent += result.seconds
+        report = evaluate(cfg, result.checkpoint, "bin", [1])
+        accuracy = report["skills"]["bin"]["levels"]["1"]["accuracy"]
+        print(f"step {result.step}: train loss {result.train_loss:.4f}, level-1 accuracy {accuracy:.3f} "
+              f"after {spent / 60:.1f} min of training")
+    verdict = "learned" if accuracy >= args.target else "not yet learned"
+    print(f"BIN level 1 {verdict}: accuracy {accuracy:.3f} (target {args.target}) in {spent / 60:.1f} min")
+    return 0 if accuracy >= args.target else 1
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config YAML (default: $DOJO_CONFIG, then ./dojo.yaml)")
+    parser = argparse.ArgumentParser(prog="dojo", description="Continuous fine-tuning for small chat LLMs.",
+                                     parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("config", help="show the resolved config", parents=[common])
+    csub = p.add_subparsers(dest="action", required=True)
+    show = csub.add_parser("show", help="print the resolved config", parents=[common])
+    show.add_argument("--docs", action="store_true", help="one line of documentation per key")
+    show.set_defaults(func=cmd_config_show)
+
+    p = sub.add_parser("generate", help="generate a skill's training data", parents=[common])
+    p.add_argument("--skill", required=True, choices=sorted(SKILL_MODULES))
+    p.add_argument("--level", required=True, type=int)
+    p.add_argument("--count", required=True, type=int)
+    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("pack-check", help="pack a file and run the masking validators", parents=[common])
+    p.add_argument("file")
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--dump", help="write every packed row (input_ids, labels, position_ids) as JSONL")
+    p.set_defaults(func=cmd_pack_check)
+
+    p = sub.add_parser("train", help="train one chunk on a file", parents=[common])
+    p.add_argument("file")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: train.epochs passes over the file)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a skill's eval sets", parents=[common])
+    p.add_argument("checkpoint", help="checkpoint path, name under checkpoints/, or 'latest'")
+    p.add_argument("--skill", default="bin", choices=sorted(SKILL_MODULES))
+    p.add_argument("--levels", type=_levels, help="comma-separated, e.g. 1,2 (default: up to the trained level)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="BIN level 1 end to end on the configured (tiny) model", parents=[common])
+    p.add_argument("--count", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--chunk-steps", type=int, default=200)
+    p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    p.add_argument("--target", type=float, default=0.8)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from validation.errors import DataError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        cfg = config_mod.load(args.config)
+        if args.command not in ("config", "generate"):
+            _quiet_libraries()
+        started = time.monotonic()
+        code = args.func(cfg, args)
+        logging.getLogger("dojo").debug("%s took %.1fs", args.command, time.monotonic() - started)
+        return code
+    except (DataError, ValueError, FileExistsError) as exc:
+        print(f"dojo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Evaluation: batched greedy generation on a skill's fixed eval sets, scored by the skill's scorer.
+
+    dojo eval CHECKPOINT --skill bin [--levels 1,2]
+
+Writes ``eval/{checkpoint}.json`` under the storage root (one report per checkpoint, skills merged) and adds
+accuracy per skill and level to the checkpoint's ledger. The prompt is rendered exactly as in training: the
+checkpoint's recorded system prompt, the model's chat template, and a no-thinking generation prompt. Where a
+level's eval set is the whole problem space (BIN level 1) the report says it overlaps training data, so
+memorisation is never mistaken for generalisation.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from dojo.config import Config
+from model import checkpoint as ckpt
+from model.chat import generation_prompt, system_prompt_text, with_system_prompt
+from model.loading import load_model, load_tokenizer, pick_runtime
+from skills import bin as bin_skill
+
+log = logging.getLogger("dojo.eval")
+
+# Skill name -> module with LEVELS, GENERATOR_ID/VERSION, eval_problems, covers_space, problem_space_size, score.
+SKILLS = {"bin": bin_skill}
+
+
+def resolve_checkpoint(cfg: Config, name_or_path: str) -> Path:
+    """A checkpoint given as a path, a name under ``checkpoints/``, or ``latest``."""
+    if name_or_path == "latest":
+        found = ckpt.latest_checkpoint(cfg.root)
+        if found is None:
+            raise ValueError(f"no checkpoints under {cfg.root / 'checkpoints'} yet")
+        return found
+    path = Path(name_or_path)
+    if not path.exists() and (cfg.root / "checkpoints" / name_or_path).exists():
+        path = cfg.root / "checkpoints" / name_or_path
+    if not path.is_dir():
+        raise ValueError(f"checkpoint {name_or_path} not found (as a path or under {cfg.root / 'checkpoints'})")
+    return path
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+    """Greedy completions for rendered prompts, batched with left padding. Returns decoded new text."""
+    tokenizer.padding_side = "left"
+    stop = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
+    device = next(model.parameters()).device
+    model.eval()
+    outputs = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
+                             pad_token_id=tokenizer.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]                 # (B, new tokens)
+        outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return outputs
+
+
+def eval_set_note(skill, level: int) -> str:
+    if skill.covers_space(level):
+        return (f"the whole problem space ({skill.problem_space_size(level)} problems); it overlaps training "
+                f"data, so this measures memorisation as much as skill")
+    return f"{len(skill.eval_problems(level))} fixed problems held out from all training data"
+
+
+def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", levels: list[int] | None = None) -> dict:
+    """Score ``checkpoint`` on the eval sets of ``levels``; write the report and the ledger. Returns the report."""
+    if skill_name not in SKILLS:
+        raise ValueError(f"unknown skill {skill_name!r}; known: {', '.join(SKILLS)}")
+    skill = SKILLS[skill_name]
+    path = resolve_checkpoint(cfg, str(checkpoint))
+    ledger = ckpt.read_ledger(path) if (path / ckpt.LEDGER).exists() else {}
+    if levels is None:
+        top = ledger.get("level") if ledger.get("skill") == skill_name else None
+        levels = list(range(1, (top or 1) + 1))
+    bad = [lv for lv in levels if lv not in skill.LEVELS]
+    if bad:
+        raise ValueError(f"--levels: {bad} not in {skill_name}'s levels {list(skill.LEVELS)}")
+    system_prompt = ledger.get("system_prompt") or system_prompt_text(cfg.data.system_prompt)
+    runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)
+    tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
+    model = load_model(path, runtime, cfg.model.trust_remote_code)
+    started = time.monotonic()
+    results = {}
+    for level in levels:
+        problems = skill.eval_problems(level)
+        prompts = [generation_prompt(with_system_prompt(skill.to_chat(p)["messages"][:1], system_prompt), tokenizer)
+                   for p in problems]
+        outputs = greedy_generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+        scores = [skill.score(o, p) for o, p in zip(outputs, problems)]
+        correct = sum(s.correct for s in scores)
+        failures = [{"prompt": p.prompt, "expected": p.completion, "output": o, "reason": s.reason}
+                    for p, o, s in zip(problems, outputs, scores) if not s.correct][: cfg.eval.show_failures]
+        results[str(level)] = {
+            "accuracy": correct / len(problems), "partial": sum(s.partial for s in scores) / len(problems),
+            "correct": correct, "n": len(problems), "overlaps_training": skill.covers_space(level),
+            "eval_set": eval_set_note(skill, level), "failures": failures,
+        }
+        log.info("%s level %d: %.3f (%d/%d)", skill_name, level, correct / len(problems), correct, len(problems))
+    report_path = cfg.root / "eval" / f"{path.name}.json"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
+    report.update({"checkpoint": path.name, "path": str(path.resolve()), "step": ledger.get("step"),
+                   "system_prompt": system_prompt,
+                   "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    report.setdefault("skills", {})[skill_name] = {
+        "generator": f"{skill.GENERATOR_ID}@{skill.GENERATOR_VERSION}",
+        "seconds": round(time.monotonic() - started, 2),
+        "levels": {**report.get("skills", {}).get(skill_name, {}).get("levels", {}), **results},
+    }
+    ckpt.write_json_atomic(report_path, report)
+    if ledger:
+        accuracies = dict(ledger.get("eval", {}))
+        accuracies[skill_name] = {**accuracies.get(skill_name, {}),
+                                  **{lv: r["accuracy"] for lv, r in results.items()}}
+        ckpt.update_ledger(path, eval=accuracies)
+    report["report_path"] = str(report_path)
+    return report

@@ -1,0 +1,329 @@
+"""The one training loop: train one chunk on one data file, from the latest checkpoint (or the base model),
+and write a new checkpoint with its ledger.
+
+    dojo train FILE [--steps N]
+
+Exact resume: a chunk restores weights, optimizer, LR schedule, global step, RNG and the position in the data
+(when the file is the one the previous chunk was reading), so two chunks of N steps equal one chunk of 2N steps.
+
+Data path: read + QUICK-check the JSONL (a bad line refuses the file), hold out a few examples for validation
+loss (chosen by content hash, so the same ones every chunk), render with the chat template, pack
+best-fit-decreasing, run the five masking validators on the packed rows (a hard failure refuses to train),
+then stream rows in a seeded order, epoch after epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dojo.config import Config
+from dojo.lineage import read_sidecar
+from model import checkpoint as ckpt
+from model.chat import IGNORE, system_prompt_text, tokenize_example, with_system_prompt
+from model.loading import Runtime, load_model, load_tokenizer, pick_runtime
+from model.packing import PackedRow, collate, fill_ratio, pack
+from validation.chat import ChatExample, read_chat_file
+from validation.errors import DataError, Issue
+from validation.masking import MaskingReport, Thresholds, require_ok, validate_rows
+
+log = logging.getLogger("dojo.train")
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    checkpoint: str
+    step: int                 # global step after the chunk
+    steps: int                # optimizer steps run in this chunk
+    train_loss: float         # token-weighted mean over the chunk
+    val_loss: float | None
+    examples_trained: int
+    tokens_trained: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    rows: list[PackedRow]
+    val_rows: list[PackedRow]
+    examples: int
+    val_examples: int
+    masking: MaskingReport
+    fill_ratio: float
+
+
+# ---------------------------------------------------------------- data
+def holdout(examples: list[ChatExample], fraction: float, cap: int) -> tuple[list, list]:
+    """Split off validation examples: the ones with the smallest content hash (stable across chunks)."""
+    n_val = min(cap, int(len(examples) * fraction))
+    if n_val == 0:
+        return list(examples), []
+    digest = [hashlib.sha256(json.dumps(e.messages, sort_keys=True).encode()).hexdigest() for e in examples]
+    chosen = set(sorted(range(len(examples)), key=lambda i: digest[i])[:n_val])
+    return ([e for i, e in enumerate(examples) if i not in chosen],
+            [e for i, e in enumerate(examples) if i in chosen])
+
+
+def tokenize_all(examples: list[ChatExample], tokenizer, system_prompt: str):
+    from model.chat import RenderError
+
+    out, issues = [], []
+    for e in examples:
+        try:
+            out.append(tokenize_example(with_system_prompt(e.messages, system_prompt), tokenizer, e.source))
+        except RenderError as exc:
+            issues.append(Issue(e.file, e.line, "render", str(exc)))
+    if issues:
+        raise DataError(issues)
+    return out
+
+
+def prepare_data(cfg: Config, data_file: Path, tokenizer, system_prompt: str) -> PreparedData:
+    """Everything between a JSONL file and checked, packed rows. Raises DataError / MaskingError."""
+    examples = read_chat_file(data_file)
+    train, val = holdout(examples, cfg.data.val_fraction, cfg.data.val_max_examples)
+    rows = pack(tokenize_all(train, tokenizer, system_prompt), cfg.data.max_length)
+    val_rows = pack(tokenize_all(val, tokenizer, system_prompt), cfg.data.max_length) if val else []
+    m = cfg.masking
+    report = validate_rows(rows, tokenizer, Thresholds(m.min_masked_ratio, m.max_masked_ratio, m.min_span_trained),
+                           limit=m.check_rows)
+    return PreparedData(rows, val_rows, len(train), len(val), report, fill_ratio(rows, cfg.data.max_length))
+
+
+class RowStream:
+    """Rows in a seeded order, epoch after epoch; (epoch, offset) is the resumable position."""
+
+    def __init__(self, n_rows: int, seed: int, epoch: int = 0, offset: int = 0):
+        self.n, self.seed, self.epoch, self.offset = n_rows, seed, epoch, offset
+        self._order = self._perm(epoch)
+
+    def _perm(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.offset == self.n:
+                self.epoch, self.offset = self.epoch + 1, 0
+                self._order = self._perm(self.epoch)
+            out.append(self._order[self.offset])
+            self.offset += 1
+        return out
+
+
+# ---------------------------------------------------------------- optimization
+def lr_factor(train_cfg) -> Callable[[int], float]:
+    """Linear warm-up, then constant or cosine/linear decay to ``min_lr_ratio`` at ``total_steps``."""
+    warmup, total, floor, kind = (train_cfg.warmup_steps, train_cfg.total_steps, train_cfg.min_lr_ratio,
+                                  train_cfg.schedule)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+        return floor + (1.0 - floor) * shape
+
+    return factor
+
+
+def build_optimizer(model, train_cfg, runtime: Runtime) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norms and biases (1-D parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": train_cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train_cfg.learning_rate, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
+                             fused=runtime.device == "cuda")
+
+
+def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over trained tokens of a packed batch, and how many there were."""
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    logits = out.logits[:, :-1, :]                      # (B, T-1, V)
+    targets = batch["labels"][:, 1:]                    # (B, T-1)
+    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                            ignore_index=IGNORE, reduction="sum")
+    return total, int((targets != IGNORE).sum())
+
+
+@torch.no_grad()
+def evaluate_loss(model, rows: list[PackedRow], pad_id: int, batch_size: int, device: str) -> float | None:
+    if not rows:
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate(rows[i:i + batch_size], pad_id).items()}
+        s, n = loss_sum(model, batch)
+        total, count = total + float(s), count + n
+    model.train(was_training)
+    return total / max(1, count)
+
+
+# ---------------------------------------------------------------- RNG state
+def rng_state(device: str) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- the chunk
+def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
+                on_progress: Callable[[dict], None] | None = None) -> ChunkResult:
+    """Train one chunk on ``data_file`` and write a checkpoint under ``cfg.root``. See the module docstring."""
+    from accelerate import Accelerator
+
+    started = time.monotonic()
+    data_file = Path(data_file)
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)
+    parent = ckpt.latest_checkpoint(cfg.root)
+    source = parent or cfg.model.name_or_path
+    parent_ledger = ckpt.read_ledger(parent) if parent else {}
+    log.info("chunk on %s, starting from %s", data_file, source)
+
+    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+    system_prompt = system_prompt_text(cfg.data.system_prompt)
+    log.info("system prompt: %r", system_prompt)
+    data = prepare_data(cfg, data_file, tokenizer, system_prompt)
+    require_ok(data.masking)
+    log.info("%d examples (+%d held out) in %d rows, fill %.1f%%, masked %.1f%%", data.examples,
+             data.val_examples, len(data.rows), 100 * data.fill_ratio, 100 * data.masking.masked_ratio)
+    file_sha = ckpt.sha256_file(data_file)
+
+    model = load_model(source, runtime, cfg.model.trust_remote_code)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    t = cfg.train
+    optimizer = build_optimizer(model, t, runtime)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t))
+
+    global_step, epoch, offset = parent_ledger.get("step", 0), 0, 0
+    if parent and ckpt.has_training_state(parent):
+        state_dir = parent / ckpt.STATE_DIR
+        optimizer.load_state_dict(ckpt.load_state(state_dir, "optimizer"))
+        scheduler.load_state_dict(ckpt.load_state(state_dir, "scheduler"))
+        trainer = ckpt.load_state(state_dir, "trainer")
+        set_rng_state(ckpt.load_state(state_dir, "rng"))
+        if trainer["data"]["sha256"] == file_sha:
+            epoch, offset = trainer["data"]["epoch"], trainer["data"]["offset"]
+            log.info("resuming inside %s at epoch %d, row %d", data_file.name, epoch, offset)
+    else:
+        if parent:
+            log.warning("%s has no optimizer state: weights resume, optimizer and schedule start fresh", parent.name)
+        torch.manual_seed(t.seed)
+        random.seed(t.seed)
+
+    accelerator = Accelerator(cpu=runtime.device == "cpu", mixed_precision="no")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    rows_per_step = t.micro_batch_size * t.grad_accum
+    if steps is None:
+        steps = max(1, math.ceil(t.epochs * len(data.rows) / rows_per_step))
+    stream = RowStream(len(data.rows), t.seed, epoch, offset)
+    pad_id = tokenizer.pad_token_id
+
+    chunk_loss = chunk_tokens = window_loss = window_tokens = 0.0
+    examples_trained = 0
+    window_start = time.monotonic()
+    for i in range(steps):
+        picked = [data.rows[j] for j in stream.take(rows_per_step)]
+        micro = [picked[k:k + t.micro_batch_size] for k in range(0, len(picked), t.micro_batch_size)]
+        batches = [{k: v.to(accelerator.device) for k, v in collate(m, pad_id).items()} for m in micro]
+        n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        step_loss = 0.0
+        for batch in batches:
+            s, _ = loss_sum(model, batch)
+            accelerator.backward(s / max(1, n_tokens))   # token-weighted mean over the whole step
+            step_loss += float(s.detach())
+        if t.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        global_step += 1
+        examples_trained += sum(len(r.examples) for r in picked)
+        chunk_loss, chunk_tokens = chunk_loss + step_loss, chunk_tokens + n_tokens
+        window_loss, window_tokens = window_loss + step_loss, window_tokens + n_tokens
+        if (i + 1) % t.log_every == 0 or i + 1 == steps:
+            rate = sum(len(r) for r in picked) * t.log_every / max(1e-9, time.monotonic() - window_start)
+            progress = {"step": global_step, "chunk_step": i + 1, "chunk_steps": steps,
+                        "loss": window_loss / max(1, window_tokens), "lr": scheduler.get_last_lr()[0],
+                        "epoch": stream.epoch, "tokens_per_s": rate}
+            log.info("step %d (%d/%d) loss %.4f lr %.2e epoch %d", global_step, i + 1, steps, progress["loss"],
+                     progress["lr"], stream.epoch)
+            if on_progress:
+                on_progress(progress)
+            window_loss = window_tokens = 0.0
+            window_start = time.monotonic()
+
+    raw_model = accelerator.unwrap_model(model)
+    val_loss = evaluate_loss(raw_model, data.val_rows, pad_id, t.micro_batch_size, runtime.device)
+    meta = read_sidecar(data_file) or {}
+    file_record = {"path": str(data_file.resolve()), "sha256": file_sha, "examples": data.examples,
+                   "val_examples": data.val_examples, "generator": meta.get("generator"),
+                   "spec": meta.get("spec"), "skill": meta.get("skill"), "level": meta.get("level")}
+    lineage = list(parent_ledger.get("lineage_files", []))
+    if file_sha not in lineage:
+        lineage.append(file_sha)
+    ledger = {
+        "parent": parent.name if parent else None,
+        "base_model": parent_ledger.get("base_model", cfg.model.name_or_path),
+        "train_loss": chunk_loss / max(1, chunk_tokens),
+        "val_loss": val_loss,
+        "learning_rate": scheduler.get_last_lr()[0],
+        "eval": {},
+        "data_files": [file_record],
+        "lineage_files": lineage,
+        "skill": meta.get("skill"),
+        "level": meta.get("level"),
+        "examples_trained": examples_trained,
+        "total_examples_trained": parent_ledger.get("total_examples_trained", 0) + examples_trained,
+        "tokens_trained": int(chunk_tokens),
+        "steps_in_chunk": steps,
+        "masking": {"masked_ratio": data.masking.masked_ratio, "fill_ratio": data.fill_ratio,
+                    "checks": {c.name: c.passed for c in data.masking.checks}},
+        "runtime": dataclasses.asdict(runtime) | {"gradient_checkpointing": cfg.model.gradient_checkpointing,
+                                                   "optimizer": "adamw"},
+        "config": cfg.to_dict(),
+        "system_prompt": system_prompt,
+        "code_version": ckpt.code_version(),
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    state = None
+    if t.save_optimizer:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng_state(runtime.device),
+                 "trainer": {"global_step": global_step,
+                             "data": {"sha256": file_sha, "epoch": stream.epoch, "offset": stream.offset}}}
+    raw_model.config.use_cache = True   # saved configs should generate with a cache
+    path = ckpt.save_checkpoint(cfg.root, global_step, raw_model, tokenizer, ledger, state)
+    log.info("wrote %s (train loss %.4f, val loss %s)", path.name, ledger["train_loss"],
+             f"{val_loss:.4f}" if val_loss is not None else "n/a")
+    return ChunkResult(str(path), global_step, steps, ledger["train_loss"], val_loss, examples_trained,
+                       int(chunk_tokens), time.monotonic() - started)
