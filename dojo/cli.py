@@ -120,7 +120,7 @@ def cmd_train(cfg, args) -> int:
     from model.train import train_chunk
 
     result = train_chunk(cfg, args.file, steps=args.steps)
-    print(json.dumps({"checkpoint": result.checkpoint, "step": result.step, "steps": result.steps,
+    print(json.dumps({"checkpoint": str(result.checkpoint), "step": result.step, "steps": result.steps,
                       "train_loss": round(result.train_loss, 4),
                       "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
                       "examples_trained": result.examples_trained, "seconds": round(result.seconds, 1)}))

@@ -42,7 +42,7 @@ log = logging.getLogger("dojo.train")
 
 @dataclass(frozen=True)
 class ChunkResult:
-    checkpoint: str
+    checkpoint: Path
     step: int                 # global step after the chunk
     steps: int                # optimizer steps run in this chunk
     train_loss: float         # token-weighted mean over the chunk
@@ -217,7 +217,7 @@ def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
 
     model = load_model(source, runtime, cfg.model.trust_remote_code)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
     t = cfg.train
@@ -325,5 +325,5 @@ def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
     path = ckpt.save_checkpoint(cfg.root, global_step, raw_model, tokenizer, ledger, state)
     log.info("wrote %s (train loss %.4f, val loss %s)", path.name, ledger["train_loss"],
              f"{val_loss:.4f}" if val_loss is not None else "n/a")
-    return ChunkResult(str(path), global_step, steps, ledger["train_loss"], val_loss, examples_trained,
+    return ChunkResult(path, global_step, steps, ledger["train_loss"], val_loss, examples_trained,
                        int(chunk_tokens), time.monotonic() - started)
