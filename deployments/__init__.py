@@ -1,0 +1,1 @@
+"""Work-pool definitions, job templates and the local stack. Built in the pipeline issue."""

@@ -1,0 +1,2 @@
+"""Everything torch: loading, chat rendering, packing, the training loop, checkpoints + ledger, evaluation.
+Never imports prefect."""
