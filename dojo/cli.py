@@ -168,7 +168,9 @@ def cmd_demo(cfg, args) -> int:
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="config YAML (default: $DOJO_CONFIG, then ./dojo.yaml)")
+    # SUPPRESS: a subparser's default must not overwrite a --config given before the subcommand
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="config YAML (default: $DOJO_CONFIG, then ./dojo.yaml)")
     parser = argparse.ArgumentParser(prog="dojo", description="Continuous fine-tuning for small chat LLMs.",
                                      parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     try:
-        cfg = config_mod.load(args.config)
+        cfg = config_mod.load(getattr(args, "config", None))
         if args.command not in ("config", "generate"):
             _quiet_libraries()
         started = time.monotonic()

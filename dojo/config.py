@@ -134,7 +134,6 @@ def _check_values(cfg: Config) -> None:
         ("eval.batch_size", cfg.eval.batch_size >= 1, "an integer >= 1"),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens >= 1, "an integer >= 1"),
         ("eval.show_failures", cfg.eval.show_failures >= 0, "an integer >= 0"),
-        ("storage.root", bool(cfg.storage.root.strip()), "a non-empty path"),
     ]
     for key, ok, allowed in rules:
         if not ok:
@@ -172,6 +171,12 @@ def _coerce(value, tp, key: str):
             raise ValueError(f"config {key}: {value!r} is not allowed; use an integer")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-3` (no dot) as a string; accept what is plainly a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config {key}: {value!r} is not allowed; use a number")
         return float(value)
@@ -200,10 +205,16 @@ def from_dict(data: dict | None, base_dir: Path | None = None, env: dict | None 
     if not isinstance(data, dict):
         raise ValueError(f"config: the top level must be a mapping of sections, got {type(data).__name__}")
     cfg = _build(Config, data)
-    root = env.get("DOJO_HOME") or cfg.storage.root
-    root_path = Path(root).expanduser()
-    if not root_path.is_absolute():
-        root_path = (base_dir or Path.cwd()) / root_path
+    if not cfg.storage.root.strip():
+        raise ValueError(f"config storage.root: {cfg.storage.root!r} is not allowed; use a non-empty path")
+    if not cfg.model.name_or_path.strip():
+        raise ValueError("config model.name_or_path: '' is not allowed; use an HF model directory or hub id")
+    if env.get("DOJO_HOME", "").strip():
+        root_path = Path(env["DOJO_HOME"]).expanduser().absolute()   # relative to where the user stands
+    else:
+        root_path = Path(cfg.storage.root).expanduser()
+        if not root_path.is_absolute():
+            root_path = (base_dir or Path.cwd()) / root_path
     cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=str(root_path.resolve())))
     model_path = (base_dir or Path.cwd()) / cfg.model.name_or_path
     if not Path(cfg.model.name_or_path).is_absolute() and model_path.exists():

@@ -58,12 +58,14 @@ def render_pieces(messages, tokenizer) -> list[tuple[str, bool]]:
         if header < 0:
             raise RenderError(f"assistant turn {turn}: the chat template rendered no '{ASSISTANT_HEADER}' header")
         content = message["content"]
-        start = text.find(content, header + len(ASSISTANT_HEADER))
-        end = start + len(content)
-        if start < 0 or not text.startswith(IM_END, end):
+        # The turn ends at its first <|im_end|>; the content must be exactly what stands before it (searching
+        # for the content itself could match inside the header or the think block, e.g. an answer "in").
+        close = text.find(IM_END, header + len(ASSISTANT_HEADER))
+        start = close - len(content)
+        if close < 0 or start < header + len(ASSISTANT_HEADER) or text[start:close] != content:
             raise RenderError(f"assistant turn {turn}: the chat template changed the content "
-                              f"(it must appear verbatim followed by {IM_END}); content={content[:80]!r}")
-        end += len(IM_END)
+                              f"(it must appear verbatim right before {IM_END}); content={content[:80]!r}")
+        end = close + len(IM_END)
         pieces.append((text[cursor:start], False))
         pieces.append((text[start:end], True))
         cursor = end

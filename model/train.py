@@ -32,7 +32,7 @@ from dojo.lineage import read_sidecar
 from model import checkpoint as ckpt
 from model.chat import IGNORE, system_prompt_text, tokenize_example, with_system_prompt
 from model.loading import Runtime, load_model, load_tokenizer, pick_runtime
-from model.packing import PackedRow, collate, fill_ratio, pack
+from model.packing import PackedRow, check_lengths, collate, fill_ratio, pack
 from validation.chat import ChatExample, read_chat_file
 from validation.errors import DataError, Issue
 from validation.masking import MaskingReport, Thresholds, require_ok, validate_rows
@@ -91,9 +91,12 @@ def tokenize_all(examples: list[ChatExample], tokenizer, system_prompt: str):
 def prepare_data(cfg: Config, data_file: Path, tokenizer, system_prompt: str) -> PreparedData:
     """Everything between a JSONL file and checked, packed rows. Raises DataError / MaskingError."""
     examples = read_chat_file(data_file)
+    tokenized = tokenize_all(examples, tokenizer, system_prompt)
+    check_lengths(tokenized, cfg.data.max_length)   # every example, held-out ones included
+    by_line = {e.line: t for e, t in zip(examples, tokenized)}
     train, val = holdout(examples, cfg.data.val_fraction, cfg.data.val_max_examples)
-    rows = pack(tokenize_all(train, tokenizer, system_prompt), cfg.data.max_length)
-    val_rows = pack(tokenize_all(val, tokenizer, system_prompt), cfg.data.max_length) if val else []
+    rows = pack([by_line[e.line] for e in train], cfg.data.max_length)
+    val_rows = pack([by_line[e.line] for e in val], cfg.data.max_length) if val else []
     m = cfg.masking
     report = validate_rows(rows, tokenizer, Thresholds(m.min_masked_ratio, m.max_masked_ratio, m.min_span_trained),
                            limit=m.check_rows)

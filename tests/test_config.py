@@ -367,3 +367,9 @@ def test_docs_cover_every_field_with_text():
     assert all("\n" not in v for v in d.values()), "docs are one line each"
     for section in dataclasses.fields(C.Config):
         assert section.metadata.get("doc", "").strip(), f"section {section.name} has no doc"
+
+
+def test_empty_storage_root_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("DOJO_HOME")
+    msg = error_of(tmp_path, "storage:\n  root: ''\n")
+    assert "config storage.root:" in msg and "a non-empty path" in msg

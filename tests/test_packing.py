@@ -8,12 +8,22 @@ import torch
 import torch.nn.functional as F
 
 from dojo.config import TINY_MODEL_DIR
-from model.chat import (IGNORE, IM_END, RenderError, TokenizedExample, system_prompt_text, tokenize_example,
+from model.chat import (IGNORE, IM_END, TokenizedExample, system_prompt_text, tokenize_example,
                         with_system_prompt)
 from model.packing import PackedRow, collate, fill_ratio, pack, pack_bfd
 from model.train import loss_sum
 from skills import bin as B
 from validation.errors import DataError
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model gains nothing from intra-op threads, and on a busy 2-core CI box OpenMP spin-waiting makes
+    these tests ~10x slower; restore the setting afterwards so other modules are unaffected."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 SYSTEM = "You are a careful assistant. Answer in exactly the format asked for."
 
@@ -93,10 +103,6 @@ def test_bin_example_trains_only_the_completion(tokenizer):
     assert problem.prompt in masked_text(ex, tokenizer)
 
 
-@pytest.mark.xfail(strict=True, raises=RenderError,
-                   reason="model/chat.py render_pieces finds the content with text.find() starting right after "
-                          "'<|im_start|>assistant', so a short answer that also occurs in the '<think>\\n\\n</think>"
-                          "' scaffold (e.g. 'in', 'k', 'n') is matched inside '<think>' and rejected")
 def test_short_answer_that_occurs_in_the_think_scaffold(tokenizer):
     ex = tokenize_example([{"role": "user", "content": "Is the cat in or out?"},
                            {"role": "assistant", "content": "in"}], tokenizer)
@@ -356,6 +362,7 @@ def test_loss_sum_of_packed_batch_equals_sum_over_examples(packed):
     assert torch.allclose(total, want, rtol=RTOL, atol=ATOL), (total, want)
 
 
+@pytest.mark.filterwarnings("ignore:.*checkpointing.*:FutureWarning")  # the trainer's call, renamed in v6
 def test_packed_equals_separate_in_train_mode_with_gradient_checkpointing(packed):
     """The trainer's actual setting: train mode (Qwen3 dropout is 0, so deterministic) + non-reentrant gradient
     checkpointing. Losses and the gradients of the summed loss must match separate forwards."""

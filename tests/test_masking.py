@@ -1,0 +1,287 @@
+"""Tests for validation.masking: each of the five validators fails on a batch built to violate it (naming the
+row and showing the offending text), a good batch of real packed examples passes all five, and the trainer
+refuses to train (and writes nothing) when a check fails."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from dojo.config import from_dict
+from model.chat import IGNORE, system_prompt_text, tokenize_example, with_system_prompt
+from model.packing import PackedRow, pack
+from skills import bin as B
+from tests.helpers import chat, write_jsonl
+from validation.masking import CHECKS, MaskingError, Thresholds, require_ok, validate_rows
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model gains nothing from intra-op threads, and on a busy 2-core CI box OpenMP spin-waiting makes
+    these tests ~10x slower; restore the setting afterwards so other modules are unaffected."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SYSTEM = system_prompt_text(from_dict({}).data.system_prompt)
+
+MULTI = [
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris is the capital of France."},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "Rome is the capital of Italy."},
+]
+LONG_ANSWER = ("The quick brown fox jumps over the lazy dog while the sun sets slowly behind the distant hills, "
+               "and the river keeps running past the old mill as it has done for two hundred years or more. ") * 2
+LONG_ANSWER = LONG_ANSWER[:300]
+
+
+@dataclass
+class Row:
+    """Any object with input_ids/labels/position_ids is a row for the validators."""
+    input_ids: list
+    labels: list
+    position_ids: list
+
+
+def check(report, name):
+    [result] = [c for c in report.checks if c.name == name]
+    return result
+
+
+def failed(report) -> set[str]:
+    return {c.name for c in report.checks if not c.passed}
+
+
+def failures(report, name) -> str:
+    return "\n".join(check(report, name).failures)
+
+
+def tok(messages, tokenizer, system=SYSTEM):
+    return tokenize_example(with_system_prompt(messages, system), tokenizer, "t.jsonl:1")
+
+
+def bin_rows(tokenizer, max_length=512):
+    exs = [tok(B.to_chat(p)["messages"], tokenizer) for level in range(1, 8) for p in B.generate(level, 5, level)]
+    rows = pack(exs, max_length)
+    assert max(len(r.examples) for r in rows) > 1, "rows must really be packed"
+    return rows
+
+
+def with_labels(row, labels) -> Row:
+    assert len(labels) == len(row.input_ids)
+    return Row(list(row.input_ids), list(labels), list(row.position_ids))
+
+
+def trained_runs(labels) -> list[tuple[int, int]]:
+    """[start, stop) of every maximal run of trained labels."""
+    runs, start = [], None
+    for k, lab in enumerate(list(labels) + [IGNORE]):
+        if lab != IGNORE and start is None:
+            start = k
+        elif lab == IGNORE and start is not None:
+            runs.append((start, k))
+            start = None
+    return runs
+
+
+# ------------------------------------------------------------------ the good batch
+
+
+def test_real_bin_rows_pass_all_five(tokenizer):
+    rows = bin_rows(tokenizer)
+    report = require_ok(validate_rows(rows, tokenizer))
+    assert [c.name for c in report.checks] == list(CHECKS)
+    assert report.ok and not failed(report)
+    assert report.rows == len(rows) and report.tokens == sum(len(r) for r in rows)
+    assert 0.30 <= report.masked_ratio <= 0.85
+    assert check(report, "span_coverage").detail.startswith(f"{sum(len(r.examples) for r in rows)} assistant spans")
+    assert "masking:" in report.format() and "FAIL" not in report.format()
+
+
+def test_multi_turn_english_rows_pass_all_five(tokenizer):
+    convs = [MULTI, chat(("user", "Name a colour."), ("assistant", "Blue."))["messages"],
+             chat(("user", "Say hi."), ("assistant", "Hi!"), ("user", "Again."), ("assistant", "Hi again!"),
+                  system="Be brief.")["messages"]]
+    rows = pack([tok(c, tokenizer) for c in convs * 3], 256)
+    report = validate_rows(rows, tokenizer)
+    assert report.ok, report.format()
+
+
+# ------------------------------------------------------------------ the old system's bug
+
+
+def first_instruction_only(row: PackedRow, tokenizer) -> Row:
+    """The old collator: mask up to the end of the row's FIRST user turn, train everything after it."""
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = list(row.input_ids)
+    user = next(k for k in range(len(ids) - 1) if ids[k] == im_start and tokenizer.decode([ids[k + 1]]) == "user")
+    end = ids.index(im_end, user) + 1
+    return with_labels(row, [IGNORE] * end + ids[end:])
+
+
+def test_old_first_instruction_bug_is_caught(tokenizer):
+    convs = [MULTI, chat(("user", "Who wrote Hamlet?"), ("assistant", "Shakespeare wrote it."))["messages"],
+             chat(("user", "Pick a number."), ("assistant", "Seven."))["messages"]]
+    rows = pack([tok(c, tokenizer) for c in convs * 2], 200)
+    assert len(rows) >= 2 and all(len(r.examples) >= 2 for r in rows)
+    assert validate_rows(rows, tokenizer).ok   # correctly masked, the same rows pass
+    bad = [first_instruction_only(r, tokenizer) for r in rows]
+    report = validate_rows(bad, tokenizer)
+    assert {"trained_content", "template_count"} <= failed(report)
+    with pytest.raises(MaskingError, match="trained_content"):
+        require_ok(report)
+    text = failures(report, "trained_content")
+    # the wrongly trained prompt text is shown, naming each row
+    assert "row 0" in text and "row 1" in text
+    assert "a turn marker is trained: '<|im_start|>assistant" in text
+    assert "of a system turn are trained: '<|im_start|>system\\nYou are a careful assistant." in text
+    assert "of a user turn are trained: '<|im_start|>user\\n" in text
+    assert any(q in text for q in ("And of Italy?", "Who wrote Hamlet?", "Pick a number."))
+    assert "row 0: " in failures(report, "template_count")
+    assert "masked→trained transition(s)" in failures(report, "template_count")
+
+
+# ------------------------------------------------------------------ one validator at a time
+
+
+def test_template_count_second_assistant_turn_masked(tokenizer):
+    good = pack([tok(MULTI, tokenizer)], 512)[0]
+    runs = trained_runs(good.labels)
+    assert len(runs) == 2
+    labels = list(good.labels)
+    labels[runs[1][0]:runs[1][1]] = [IGNORE] * (runs[1][1] - runs[1][0])
+    rows = [good, with_labels(good, labels)]
+    report = validate_rows(rows, tokenizer)
+    assert not check(report, "template_count").passed
+    assert failures(report, "template_count") == "row 1: 2 assistant header(s) but 1 masked→trained transition(s)"
+    assert check(report, "trained_content").passed and check(report, "row_balance").passed
+
+
+def test_span_coverage_tail_of_answer_masked(tokenizer):
+    good = pack([tok([{"role": "user", "content": "Describe the evening."},
+                      {"role": "assistant", "content": LONG_ANSWER}], tokenizer)], 512)[0]
+    [(start, stop)] = trained_runs(good.labels)
+    cut = stop - (stop - start) * 4 // 10        # mask the last ~40% (including <|im_end|>)
+    labels = list(good.labels[:cut]) + [IGNORE] * (len(good) - cut)
+    rows = [good, with_labels(good, labels)]
+    report = validate_rows(rows, tokenizer)
+    assert failed(report) == {"span_coverage"}, report.format()
+    text = failures(report, "span_coverage")
+    assert text.startswith(f"row 1 tokens {start}-{stop - 1}: only 6")
+    left_out = tokenizer.decode(list(good.input_ids[cut:stop]))
+    assert left_out.endswith("<|im_end|>")
+    assert f"left out: {left_out[:80]!r}"[:-1] in text
+    assert "least covered 6" in check(report, "span_coverage").detail
+    # the bar is configurable
+    assert validate_rows(rows, tokenizer, Thresholds(min_span_trained=0.5)).ok
+
+
+def test_row_balance_all_masked_row(tokenizer):
+    rows = bin_rows(tokenizer)[:2]
+    rows[1] = with_labels(rows[1], [IGNORE] * len(rows[1]))
+    report = validate_rows(rows, tokenizer)
+    assert not check(report, "row_balance").passed
+    assert failures(report, "row_balance") == (f"row 1: every one of its {len(rows[1].input_ids)} tokens is "
+                                               f"masked (nothing trained)")
+
+
+def test_row_balance_all_trained_row(tokenizer):
+    rows = bin_rows(tokenizer)[:2]
+    rows[1] = with_labels(rows[1], list(rows[1].input_ids))
+    report = validate_rows(rows, tokenizer)
+    assert not check(report, "row_balance").passed
+    text = failures(report, "row_balance")
+    assert text.startswith(f"row 1: all {len(rows[1].input_ids)} tokens are trained, prompts included: "
+                           f"'<|im_start|>system\\nYou are a careful")
+    assert "row 0" not in text
+
+
+def test_masked_ratio_answers_dwarf_prompts(tokenizer):
+    convs = [chat(("user", "hi"), ("assistant", LONG_ANSWER))["messages"]] * 4
+    rows = pack([tok(c, tokenizer, system="") for c in convs], 512)
+    report = validate_rows(rows, tokenizer)
+    assert report.masked_ratio < 0.30
+    assert failed(report) == {"masked_ratio"}, report.format()   # the data is genuine: only the ratio is off
+    assert failures(report, "masked_ratio") == f"masked ratio {report.masked_ratio:.3f} is outside [0.3, 0.85]"
+    assert "allowed 0.30–0.85" in check(report, "masked_ratio").detail
+    # thresholds are configurable
+    assert validate_rows(rows, tokenizer, Thresholds(min_masked_ratio=0.0)).ok
+    assert validate_rows(rows, tokenizer, Thresholds(min_masked_ratio=report.masked_ratio)).ok
+    assert not validate_rows(rows, tokenizer, Thresholds(min_masked_ratio=report.masked_ratio + 0.01)).ok
+
+
+def test_masked_ratio_prompts_dwarf_answers(tokenizer):
+    convs = [chat(("user", LONG_ANSWER + " Is this about a fox?"), ("assistant", "Yes."))["messages"]] * 4
+    rows = pack([tok(c, tokenizer) for c in convs], 512)
+    report = validate_rows(rows, tokenizer)
+    assert report.masked_ratio > 0.85 and failed(report) == {"masked_ratio"}
+    assert validate_rows(rows, tokenizer, Thresholds(max_masked_ratio=1.0)).ok
+
+
+def test_limit_checks_only_the_first_rows(tokenizer):
+    rows = bin_rows(tokenizer)[:3]
+    rows[2] = with_labels(rows[2], [IGNORE] * len(rows[2]))
+    assert not validate_rows(rows, tokenizer).ok
+    report = validate_rows(rows, tokenizer, limit=2)
+    assert report.rows == 2 and report.ok
+
+
+def test_require_ok_raises_naming_the_failed_check(tokenizer):
+    rows = bin_rows(tokenizer)[:2]
+    rows[0] = with_labels(rows[0], [IGNORE] * len(rows[0]))
+    report = validate_rows(rows, tokenizer)
+    with pytest.raises(MaskingError) as err:
+        require_ok(report)
+    assert err.value.report is report
+    message = str(err.value)
+    assert message.startswith("masking validation failed (")
+    assert "row_balance" in message.split(")")[0] and "masked_ratio" not in message.split(")")[0]
+    assert "[FAIL] row_balance" in message and "row 0: every one of its" in message
+    good = validate_rows(bin_rows(tokenizer), tokenizer)
+    assert require_ok(good) is good
+
+
+# ------------------------------------------------------------------ the trainer refuses
+
+
+def test_prepare_data_uses_configured_thresholds(tokenizer, tmp_path):
+    from model.train import prepare_data
+
+    data = write_jsonl(tmp_path / "chatty.jsonl", [chat(("user", "hi"), ("assistant", LONG_ANSWER))] * 6)
+    strict = from_dict({})
+    assert failed(prepare_data(strict, data, tokenizer, SYSTEM).masking) == {"masked_ratio"}
+    lax = from_dict({"masking": {"min_masked_ratio": 0.0}})
+    assert prepare_data(lax, data, tokenizer, SYSTEM).masking.ok
+
+
+def test_train_chunk_refuses_bad_masking_and_writes_nothing(tmp_path):
+    from model import checkpoint as ckpt
+    from model.train import train_chunk
+
+    cfg = from_dict({})
+    data = write_jsonl(tmp_path / "data" / "chatty.jsonl",
+                       [chat(("user", "hi"), ("assistant", LONG_ANSWER[: 250 + 10 * k])) for k in range(6)])
+    before = data.read_bytes()
+    with pytest.raises(MaskingError, match=r"masking validation failed \(masked_ratio\)") as err:
+        train_chunk(cfg, data, steps=1)
+    assert "masked ratio" in str(err.value)
+    assert data.read_bytes() == before
+    folder = cfg.root / "checkpoints"
+    assert not folder.exists() or list(folder.iterdir()) == []   # no checkpoint-*, no half-written .tmp-*
+    assert ckpt.list_checkpoints(cfg.root) == []
+
+
+def test_train_chunk_writes_a_checkpoint_when_masking_passes(tmp_path):
+    """Positive control for the test above: the same call on good data does write checkpoints/checkpoint-*."""
+    from model import checkpoint as ckpt
+    from model.train import train_chunk
+
+    cfg = from_dict({"train": {"micro_batch_size": 1, "save_optimizer": False}})
+    data = write_jsonl(tmp_path / "data" / "bin.jsonl", [B.to_chat(p) for p in B.generate(2, 8, 3)])
+    result = train_chunk(cfg, data, steps=1)
+    [written] = list((cfg.root / "checkpoints").glob("checkpoint-*"))
+    assert Path(result.checkpoint) == written and ckpt.list_checkpoints(cfg.root) == [written]
