@@ -15,6 +15,7 @@ from skills import bin as B
 from tests.helpers import chat, write_jsonl
 from validation.masking import CHECKS, MaskingError, Thresholds, require_ok, validate_rows
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
     """The tiny model gains nothing from intra-op threads, and on a busy 2-core CI box OpenMP spin-waiting makes
@@ -176,8 +177,39 @@ def test_span_coverage_tail_of_answer_masked(tokenizer):
     assert left_out.endswith("<|im_end|>")
     assert f"left out: {left_out[:80]!r}"[:-1] in text
     assert "least covered 6" in check(report, "span_coverage").detail
-    # the bar is configurable
-    assert validate_rows(rows, tokenizer, Thresholds(min_span_trained=0.5)).ok
+    # the bar is configurable; the untrained closing <|im_end|> still fails on its own
+    lenient = check(validate_rows(rows, tokenizer, Thresholds(min_span_trained=0.5)), "span_coverage")
+    assert lenient.failures == [f"row 1 token {stop - 1}: the closing <|im_end|> of an assistant turn is not trained"]
+
+
+def test_span_coverage_untrained_im_end(tokenizer):
+    """A model that never learns <|im_end|> never stops: an untrained closing im_end fails even when the rest
+    of the span clears the coverage bar."""
+    rows = bin_rows(tokenizer)[:2]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    labels = list(rows[1].labels)
+    last = max(k for k, (t, lab) in enumerate(zip(rows[1].input_ids, labels)) if t == im_end and lab != IGNORE)
+    labels[last] = IGNORE
+    report = validate_rows([rows[0], with_labels(rows[1], labels)], tokenizer)
+    assert failed(report) == {"span_coverage"}, report.format()
+    assert f"row 1 token {last}: the closing <|im_end|> of an assistant turn is not trained" in \
+        failures(report, "span_coverage")
+
+
+def test_trained_assistant_header_is_caught(tokenizer):
+    """Training 'assistant\\n<think>\\n\\n</think>\\n\\n' (everything after <|im_start|>) is prompt text trained."""
+    row = bin_rows(tokenizer)[0]
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    labels = list(row.labels)
+    for k, (t, lab) in enumerate(zip(row.input_ids, labels)):
+        if lab != IGNORE and k > 0 and labels[k - 1] == IGNORE:   # start of each trained span
+            j = k - 1
+            while row.input_ids[j] != im_start:
+                labels[j] = row.input_ids[j]
+                j -= 1
+    report = validate_rows([with_labels(row, labels)], tokenizer)
+    assert not check(report, "trained_content").passed, report.format()
+    assert "the assistant header is trained: 'assistant\\n<think>" in failures(report, "trained_content")
 
 
 def test_row_balance_all_masked_row(tokenizer):

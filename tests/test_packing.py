@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from dojo.config import TINY_MODEL_DIR
 from model.chat import (IGNORE, IM_END, TokenizedExample, system_prompt_text, tokenize_example,
                         with_system_prompt)
-from model.packing import PackedRow, collate, fill_ratio, pack, pack_bfd
+from model.packing import collate, fill_ratio, pack, pack_bfd
 from model.train import loss_sum
 from skills import bin as B
 from validation.errors import DataError
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
@@ -103,10 +104,22 @@ def test_bin_example_trains_only_the_completion(tokenizer):
     assert problem.prompt in masked_text(ex, tokenizer)
 
 
-def test_short_answer_that_occurs_in_the_think_scaffold(tokenizer):
+@pytest.mark.parametrize("answer", ["in", "k", "n", "think", "</think>?", "Yes"])
+def test_short_answer_that_occurs_in_the_header_or_think_scaffold(tokenizer, answer):
+    """An answer that also occurs in '<think>\n\n</think>' must still be found where it really stands (before
+    its <|im_end|>), in the last turn (think block) and in an earlier turn (no think block)."""
+    if "</think>" in answer:   # the template splits such content into reasoning; dojo must refuse, not mislabel
+        from model.chat import RenderError
+
+        with pytest.raises(RenderError, match="changed the content"):
+            tokenize_example([{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}], tokenizer)
+        return
     ex = tokenize_example([{"role": "user", "content": "Is the cat in or out?"},
-                           {"role": "assistant", "content": "in"}], tokenizer)
-    assert trained_spans(ex, tokenizer) == ["in" + IM_END]
+                           {"role": "assistant", "content": answer}], tokenizer)
+    assert trained_spans(ex, tokenizer) == [answer + IM_END]
+    ex = tokenize_example([{"role": "user", "content": "One?"}, {"role": "assistant", "content": answer},
+                           {"role": "user", "content": "Two?"}, {"role": "assistant", "content": answer}], tokenizer)
+    assert trained_spans(ex, tokenizer) == [answer + IM_END] * 2
 
 
 # ------------------------------------------------------------------ pack_bfd

@@ -6,9 +6,10 @@ made), so it catches a wrong collator, a wrong template or a wrong tokenizer ali
 
 1. ``masked_ratio``     share of label -100 among real tokens within [min, max] (config ``masking``)
 2. ``template_count``   per row: assistant headers = masked→trained transitions
-3. ``trained_content``  no trained token is or contains a turn marker (``<|im_start|>``, user/system headers)
+3. ``trained_content``  no trained token is or contains a turn marker, no user/system text is trained, and no
+                        assistant header (role line, empty think block) is trained
 4. ``span_coverage``    every assistant span (after its header and an empty think block, through
-                        ``<|im_end|>``) is at least ``min_span_trained`` trained
+                        ``<|im_end|>``) is at least ``min_span_trained`` trained, its ``<|im_end|>`` included
 5. ``row_balance``      no row all-masked or all-trained
 
 A row is anything with ``input_ids``, ``labels`` and ``position_ids`` sequences (e.g. ``model.packing.
@@ -177,8 +178,14 @@ def validate_rows(rows, tokenizer, thresholds: Thresholds = Thresholds(), limit:
                     content.fail(f"row {r}: {len(trained)} token(s) of a {role or '?'} turn are trained: "
                                  f"{_snippet(dec.text(trained))}")
                 continue
-            # 4. assistant span coverage (closing im_end included when present)
             start = _skip_empty_think(ids, body, end, dec)
+            # 3 (cont.). the role header and the empty think block are prompt, never trained
+            scaffold = [ids[k] for k in range(header, start) if labels[k] != IGNORE]
+            if scaffold:
+                content.fail(f"row {r} tokens {header}-{start - 1}: the assistant header is trained: "
+                             f"{_snippet(dec.text(scaffold))}")
+            # 4. assistant span coverage (closing im_end included when present), and the im_end itself:
+            # a model that never learns <|im_end|> never stops
             stop = min(end + 1, len(ids))
             span = range(start, stop)
             if not span:
@@ -190,6 +197,8 @@ def validate_rows(rows, tokenizer, thresholds: Thresholds = Thresholds(), limit:
                 untrained = [ids[k] for k in span if labels[k] == IGNORE]
                 coverage.fail(f"row {r} tokens {start}-{stop - 1}: only {share:.0%} of the assistant span is "
                               f"trained; left out: {_snippet(dec.text(untrained))}")
+            if end < len(ids) and ids[end] == dec.im_end and labels[end] == IGNORE:
+                coverage.fail(f"row {r} token {end}: the closing {IM_END} of an assistant turn is not trained")
     # 1. masked ratio over all checked real tokens
     share = masked / total if total else 0.0
     ratio.detail = f"{share:.3f} (allowed {thresholds.min_masked_ratio:.2f}–{thresholds.max_masked_ratio:.2f})"
