@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dojo.storage import LockedError
     from validation.errors import DataError
 
     args = build_parser().parse_args(argv)
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(cfg, args)
         logging.getLogger("dojo").debug("%s took %.1fs", args.command, time.monotonic() - started)
         return code
-    except (DataError, ValueError, FileExistsError) as exc:
+    except (DataError, ValueError, FileExistsError, LockedError) as exc:
         print(f"dojo: error: {exc}", file=sys.stderr)
         return 2
 

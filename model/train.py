@@ -194,19 +194,49 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------- the chunk
+def model_identity(name_or_path: str) -> dict:
+    """What a lineage was started from: the name, and for a local directory the hash of its config.json."""
+    config = Path(name_or_path) / "config.json"
+    return {"name": str(name_or_path), "config_sha256": ckpt.sha256_file(config) if config.is_file() else None}
+
+
+def check_same_base(parent: Path, parent_ledger: dict, cfg: Config) -> None:
+    """Refuse to continue a lineage whose base model differs from the configured one."""
+    recorded = parent_ledger.get("base_model_identity") or {}
+    current = model_identity(cfg.model.name_or_path)
+    same = (recorded.get("config_sha256") == current["config_sha256"] if current["config_sha256"]
+            else recorded.get("name") == current["name"])
+    if recorded and not same:
+        raise ValueError(f"config model.name_or_path is {current['name']}, but the checkpoints under "
+                         f"{cfg.root / 'checkpoints'} (latest {parent.name}) were trained from {recorded.get('name')}; "
+                         f"use another DOJO_HOME for a new base model, or set model.name_or_path back")
+
+
 def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
                 on_progress: Callable[[dict], None] | None = None) -> ChunkResult:
-    """Train one chunk on ``data_file`` and write a checkpoint under ``cfg.root``. See the module docstring."""
+    """Train one chunk on ``data_file`` and write a checkpoint under ``cfg.root``. See the module docstring.
+
+    Only one chunk trains per storage root at a time (an flock under ``state/``): two would fork the lineage.
+    """
+    from dojo.storage import exclusive_lock
+
+    with exclusive_lock(cfg.root / "state" / "train.lock", "a training chunk"):
+        return _train_chunk(cfg, Path(data_file), steps, on_progress)
+
+
+def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
+                 on_progress: Callable[[dict], None] | None) -> ChunkResult:
     from accelerate import Accelerator
 
     started = time.monotonic()
-    data_file = Path(data_file)
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)
     parent = ckpt.latest_checkpoint(cfg.root)
     source = parent or cfg.model.name_or_path
     parent_ledger = ckpt.read_ledger(parent) if parent else {}
+    if parent:
+        check_same_base(parent, parent_ledger, cfg)
     log.info("chunk on %s, starting from %s", data_file, source)
 
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
@@ -297,6 +327,7 @@ def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
     ledger = {
         "parent": parent.name if parent else None,
         "base_model": parent_ledger.get("base_model", cfg.model.name_or_path),
+        "base_model_identity": parent_ledger.get("base_model_identity", model_identity(cfg.model.name_or_path)),
         "train_loss": chunk_loss / max(1, chunk_tokens),
         "val_loss": val_loss,
         "learning_rate": scheduler.get_last_lr()[0],

@@ -15,7 +15,7 @@ LEDGER_FIELDS = {
     "name", "step", "time", "parent", "base_model", "train_loss", "val_loss", "learning_rate", "eval",
     "data_files", "lineage_files", "skill", "level", "examples_trained", "total_examples_trained",
     "tokens_trained", "size_bytes", "has_optimizer_state", "config", "system_prompt", "code_version",
-    "runtime", "masking",
+    "runtime", "masking", "base_model_identity",
 }
 
 

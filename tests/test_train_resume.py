@@ -101,3 +101,31 @@ def test_new_file_starts_at_its_beginning(tmp_path, data_file):
     assert result.step == 5
     assert state["data"]["sha256"] == ckpt.sha256_file(other)
     assert (state["data"]["epoch"], state["data"]["offset"]) == (0, 2 * 4)
+
+
+def test_changed_base_model_is_refused(tmp_path, data_file, tiny_model_dir):
+    """Continuing a lineage from a different base model would silently mix two models: refused, named."""
+    cfg = small_config(tmp_path / "h")
+    train_chunk(cfg, data_file, steps=1)
+    other = tmp_path / "other-model"
+    import shutil
+
+    shutil.copytree(tiny_model_dir, other)
+    config_json = other / "config.json"
+    config_json.write_text(config_json.read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
+    changed = config.from_dict({**{k: dict(v) for k, v in SMALL.items()}, "storage": {"root": str(cfg.root)},
+                                "model": {"name_or_path": str(other)}}, env={})
+    with pytest.raises(ValueError, match="were trained from .*tiny-qwen3"):
+        train_chunk(changed, data_file, steps=1)
+    assert len(ckpt.list_checkpoints(cfg.root)) == 1
+
+
+def test_one_chunk_at_a_time_per_storage_root(tmp_path, data_file):
+    from dojo.storage import LockedError, exclusive_lock
+
+    cfg = small_config(tmp_path / "h")
+    with exclusive_lock(cfg.root / "state" / "train.lock", "a training chunk"):
+        with pytest.raises(LockedError, match=r"already running .*pid \d+"):
+            train_chunk(cfg, data_file, steps=1)
+    assert ckpt.list_checkpoints(cfg.root) == []
+    train_chunk(cfg, data_file, steps=1)   # released: the next chunk runs

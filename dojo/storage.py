@@ -1,0 +1,39 @@
+"""Storage-root helpers: the folder layout and an exclusive lock for work that must not run twice at once."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+
+class LockedError(RuntimeError):
+    """Someone else holds the lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str):
+    """Hold an exclusive, non-blocking flock on ``path`` for the duration of the block.
+
+    The lock dies with the process (a SIGKILLed trainer never leaves a stale lock). A second holder gets a
+    LockedError naming the pid that holds it, instead of silently forking the checkpoint lineage.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise LockedError(f"{what} is already running under this storage root (pid {holder}, lock {path}); "
+                               f"wait for it or use another DOJO_HOME") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
