@@ -11,6 +11,7 @@ the key path and what is allowed. ``dojo config show`` prints the resolved tree.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -85,6 +86,23 @@ class MaskingConfig:
 
 
 @dataclass(frozen=True)
+class ValidationConfig:
+    depth: Literal["quick", "standard", "deep"] = doc(
+        "default check depth: quick = schema, standard = + token lengths, deep = + content checks", "standard")
+    accept_ratio: float = doc("a file is accepted when at least this share of its lines is valid", 0.95)
+    warnings: tuple[str, ...] = doc("rules reported as warnings instead of rejecting the line",
+                                    ("near_duplicate", "length_ratio"))
+    disabled: tuple[str, ...] = doc("rules not run at all", ())
+    min_answer_chars: int = doc("degenerate_answer: an answer shorter than this (stripped) is degenerate", 1)
+    max_char_share: float = doc("degenerate_answer: one character above this share of an answer of "
+                                "min_share_chars or more is degenerate", 0.8)
+    min_share_chars: int = doc("degenerate_answer: answers shorter than this skip the one-character test", 12)
+    min_leak_chars: int = doc("answer_in_prompt: answers shorter than this are not searched in the prompt", 8)
+    min_length_ratio: float = doc("length_ratio: lowest allowed answer/prompt character ratio", 0.005)
+    max_length_ratio: float = doc("length_ratio: highest allowed answer/prompt character ratio", 50.0)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = doc("prompts per batched greedy generation", 64)
     max_new_tokens: int = doc("generation budget per answer (BIN level 7 answers need ~90 tokens)", 128)
@@ -99,13 +117,15 @@ class Config:
     train: TrainConfig = doc("the training loop", default_factory=TrainConfig)
     masking: MaskingConfig = doc("thresholds of the masking validators", default_factory=MaskingConfig)
     eval: EvalConfig = doc("evaluation of checkpoints", default_factory=EvalConfig)
+    validation: ValidationConfig = doc("the data gate: spec and content checks", default_factory=ValidationConfig)
 
     @property
     def root(self) -> Path:
         return Path(self.storage.root)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON/YAML-ready data (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 # ---------------------------------------------------------------- value rules (beyond types)
@@ -134,6 +154,14 @@ def _check_values(cfg: Config) -> None:
         ("eval.batch_size", cfg.eval.batch_size >= 1, "an integer >= 1"),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens >= 1, "an integer >= 1"),
         ("eval.show_failures", cfg.eval.show_failures >= 0, "an integer >= 0"),
+        ("validation.accept_ratio", 0.0 <= cfg.validation.accept_ratio <= 1.0, "a number in [0, 1]"),
+        ("validation.max_char_share", 0.0 < cfg.validation.max_char_share <= 1.0, "a number in (0, 1]"),
+        ("validation.min_answer_chars", cfg.validation.min_answer_chars >= 0, "an integer >= 0"),
+        ("validation.min_share_chars", cfg.validation.min_share_chars >= 1, "an integer >= 1"),
+        ("validation.min_leak_chars", cfg.validation.min_leak_chars >= 1, "an integer >= 1"),
+        ("validation.min_length_ratio", cfg.validation.min_length_ratio >= 0.0, "a number >= 0"),
+        ("validation.max_length_ratio", cfg.validation.max_length_ratio > cfg.validation.min_length_ratio,
+         "a number > validation.min_length_ratio"),
     ]
     for key, ok, allowed in rules:
         if not ok:
@@ -151,6 +179,11 @@ def _coerce(value, tp, key: str):
         if value not in allowed:
             raise ValueError(f"config {key}: {value!r} is not allowed; use one of {', '.join(map(str, allowed))}")
         return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config {key}: {value!r} is not allowed; use a list")
+        (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
