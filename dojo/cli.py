@@ -2,6 +2,7 @@
 
     dojo config show [--docs]                 the resolved config (after dojo.yaml, --config, $DOJO_HOME)
     dojo generate --skill bin --level L --count N --seed S --out FILE
+    dojo validate FILE [--depth quick|standard|deep] [--spec NAME]    exit 0 when accepted
     dojo pack-check FILE [--max-length N] [--dump OUT.jsonl]
     dojo train FILE [--steps N]               one chunk from the latest checkpoint (or the base model)
     dojo eval CHECKPOINT --skill bin [--levels 1,2]
@@ -116,6 +117,14 @@ def cmd_pack_check(cfg, args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_validate(cfg, args) -> int:
+    from validation.validate import validate_file
+
+    report = validate_file(args.file, cfg, depth=args.depth, spec=args.spec)
+    print(report.format(limit=args.show))
+    return 0 if report.accepted else 1
+
+
 def cmd_train(cfg, args) -> int:
     from model.train import train_chunk
 
@@ -195,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int)
     p.add_argument("--dump", help="write every packed row (input_ids, labels, position_ids) as JSONL")
     p.set_defaults(func=cmd_pack_check)
+
+    p = sub.add_parser("validate", help="check a data file against its spec (exit 0 when accepted)",
+                       parents=[common])
+    p.add_argument("file")
+    p.add_argument("--depth", choices=["quick", "standard", "deep"], help="default: validation.depth")
+    p.add_argument("--spec", help="chat_sft_v1, completion_v1 or syllo_v1 (default: the sidecar's spec)")
+    p.add_argument("--show", type=int, default=20, help="rejected lines and warnings listed")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("train", help="train one chunk on a file", parents=[common])
     p.add_argument("file")

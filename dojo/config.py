@@ -90,8 +90,10 @@ class ValidationConfig:
     depth: Literal["quick", "standard", "deep"] = doc(
         "default check depth: quick = schema, standard = + token lengths, deep = + content checks", "standard")
     accept_ratio: float = doc("a file is accepted when at least this share of its lines is valid", 0.95)
+    # duplicate is a warning by default: generated curricula repeat problems on purpose where a level's space is
+    # small (BIN level 1 has 187 problems); make it an error for hand-written data by removing it here
     warnings: tuple[str, ...] = doc("rules reported as warnings instead of rejecting the line",
-                                    ("near_duplicate", "length_ratio"))
+                                    ("duplicate", "near_duplicate", "length_ratio"))
     disabled: tuple[str, ...] = doc("rules not run at all", ())
     min_answer_chars: int = doc("degenerate_answer: an answer shorter than this (stripped) is degenerate", 1)
     max_char_share: float = doc("degenerate_answer: one character above this share of an answer of "
