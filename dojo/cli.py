@@ -93,12 +93,12 @@ def cmd_pack_check(cfg, args) -> int:
     from model.loading import load_tokenizer
     from model.packing import fill_ratio, pack
     from model.train import tokenize_all
-    from validation.chat import read_chat_file
+    from validation.validate import read_examples
     from validation.masking import Thresholds, validate_rows
 
     max_length = args.max_length or cfg.data.max_length
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    examples = read_chat_file(args.file)
+    examples = read_examples(args.file)
     tokenized = tokenize_all(examples, tokenizer, system_prompt_text(cfg.data.system_prompt))
     rows = pack(tokenized, max_length)
     m = cfg.masking

@@ -50,3 +50,15 @@ def read_sidecar(data_file: str | Path) -> dict | None:
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: sidecar must be a JSON object")
     return meta
+
+
+def record_validation(data_file: str | Path, validation: dict) -> dict:
+    """Add a validation outcome (``FileReport.to_dict()`` + ``sha256``) to the file's sidecar, creating a
+    minimal sidecar when there is none. Returns the updated sidecar."""
+    meta = read_sidecar(data_file) or {"generator": None, "spec": validation.get("spec")}
+    meta["validation"] = validation
+    path = sidecar_path(data_file)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return meta

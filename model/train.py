@@ -33,9 +33,10 @@ from model import checkpoint as ckpt
 from model.chat import IGNORE, system_prompt_text, tokenize_example, with_system_prompt
 from model.loading import Runtime, load_model, load_tokenizer, pick_runtime
 from model.packing import PackedRow, check_lengths, collate, fill_ratio, pack
-from validation.chat import ChatExample, read_chat_file
+from validation.chat import ChatExample
 from validation.errors import DataError, Issue
 from validation.masking import MaskingReport, Thresholds, require_ok, validate_rows
+from validation.validate import read_examples
 
 log = logging.getLogger("dojo.train")
 
@@ -90,7 +91,7 @@ def tokenize_all(examples: list[ChatExample], tokenizer, system_prompt: str):
 
 def prepare_data(cfg: Config, data_file: Path, tokenizer, system_prompt: str) -> PreparedData:
     """Everything between a JSONL file and checked, packed rows. Raises DataError / MaskingError."""
-    examples = read_chat_file(data_file)
+    examples = read_examples(data_file)
     tokenized = tokenize_all(examples, tokenizer, system_prompt)
     check_lengths(tokenized, cfg.data.max_length)   # every example, held-out ones included
     by_line = {e.line: t for e, t in zip(examples, tokenized)}

@@ -222,3 +222,38 @@ def write_split(report: FileReport, source: str | Path, accepted_path: Path | No
             f.write(json.dumps({"line": n, "rules": [i.rule for i in issues], "messages": [i.message for i in issues],
                                 "raw": lines[n - 1].decode("utf-8", errors="backslashreplace")},
                                ensure_ascii=False) + "\n")
+
+
+def read_examples(path: str | Path, spec: str | None = None):
+    """The examples of a file for training, strictly: any bad line refuses the whole file (DataError listing
+    every one). chat_sft_v1 files are read by ``validation.chat``; other specs (from ``spec`` or the sidecar)
+    are checked by their pandera schema and converted to chat messages. A file with no sidecar and no
+    ``spec`` is read as chat_sft_v1 (``dojo train`` on a plain chat file); the queue's gate, in front of
+    unattended training, is deny-by-default instead.
+    """
+    from validation.chat import ChatExample, read_chat_file
+    from validation.errors import DataError
+
+    path = Path(path)
+    spec_name, _ = resolve_spec(path, spec)
+    spec_name = spec_name or "chat_sft_v1"
+    if spec_name == "chat_sft_v1":
+        return read_chat_file(path)
+    if spec_name not in specs.SPECS:
+        raise DataError([Issue(str(path), 0, "unknown_spec", f"unknown spec; known: {', '.join(specs.SPECS)}",
+                               show_value(spec_name))])
+    issues, records = [], {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records[number] = json.loads(line)
+        except json.JSONDecodeError as exc:
+            issues.append(Issue(str(path), number, "json_syntax", f"not valid JSON ({exc.msg})", show_value(line)))
+    for number, (rule, message) in sorted(specs.check_records(spec_name, records).items()):
+        issues.append(Issue(str(path), number, rule, message, show_value(records[number])))
+    if issues:
+        raise DataError(sorted(issues, key=lambda i: i.line))
+    if not records:
+        raise DataError([Issue(str(path), 0, "empty_file", "the file holds no examples")])
+    return [ChatExample(tuple(specs.to_messages(spec_name, r)), str(path), n) for n, r in records.items()]
