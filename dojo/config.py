@@ -105,6 +105,21 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class CurriculumConfig:
+    skills: tuple[str, ...] = doc("skills in priority order (focus and round robin follow this order)", ("bin",))
+    strategy: Literal["equal", "focus", "weighted", "catch_up"] = doc(
+        "which skill to generate for: round robin, first until mastered, random by weight, lowest level first",
+        "focus")
+    weights: tuple[float, ...] = doc("weights for the weighted strategy, one per skill (empty = equal)", ())
+    window: int = doc("evaluations at the training level averaged to decide an advance", 3)
+    threshold: float = doc("advance when the window's mean accuracy reaches this", 0.80)
+    low_water: int = doc("top the queue up from the curriculum when fewer files than this are queued", 1)
+    examples_per_file: int = doc("examples per generated curriculum file", 2000)
+    seed: int = doc("base seed of generated curriculum files (each file gets the next one)", 1)
+    promotion_tolerance: float = doc("largest accuracy drop on a mastered level a promotion may cause", 0.05)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = doc("prompts per batched greedy generation", 64)
     max_new_tokens: int = doc("generation budget per answer (BIN level 7 answers need ~90 tokens)", 128)
@@ -120,6 +135,8 @@ class Config:
     masking: MaskingConfig = doc("thresholds of the masking validators", default_factory=MaskingConfig)
     eval: EvalConfig = doc("evaluation of checkpoints", default_factory=EvalConfig)
     validation: ValidationConfig = doc("the data gate: spec and content checks", default_factory=ValidationConfig)
+    curriculum: CurriculumConfig = doc("what to train next and when a level is mastered",
+                                       default_factory=CurriculumConfig)
 
     @property
     def root(self) -> Path:
@@ -156,6 +173,14 @@ def _check_values(cfg: Config) -> None:
         ("eval.batch_size", cfg.eval.batch_size >= 1, "an integer >= 1"),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens >= 1, "an integer >= 1"),
         ("eval.show_failures", cfg.eval.show_failures >= 0, "an integer >= 0"),
+        ("curriculum.skills", bool(cfg.curriculum.skills), "a non-empty list of skills"),
+        ("curriculum.weights", not cfg.curriculum.weights or len(cfg.curriculum.weights) == len(cfg.curriculum.skills),
+         "empty, or one weight per curriculum skill"),
+        ("curriculum.window", cfg.curriculum.window >= 1, "an integer >= 1"),
+        ("curriculum.threshold", 0.0 < cfg.curriculum.threshold <= 1.0, "a number in (0, 1]"),
+        ("curriculum.low_water", cfg.curriculum.low_water >= 0, "an integer >= 0"),
+        ("curriculum.examples_per_file", cfg.curriculum.examples_per_file >= 1, "an integer >= 1"),
+        ("curriculum.promotion_tolerance", 0.0 <= cfg.curriculum.promotion_tolerance <= 1.0, "a number in [0, 1]"),
         ("validation.accept_ratio", 0.0 <= cfg.validation.accept_ratio <= 1.0, "a number in [0, 1]"),
         ("validation.max_char_share", 0.0 < cfg.validation.max_char_share <= 1.0, "a number in (0, 1]"),
         ("validation.min_answer_chars", cfg.validation.min_answer_chars >= 0, "an integer >= 0"),
@@ -165,6 +190,12 @@ def _check_values(cfg: Config) -> None:
         ("validation.max_length_ratio", cfg.validation.max_length_ratio > cfg.validation.min_length_ratio,
          "a number > validation.min_length_ratio"),
     ]
+    from skills.curriculum import SKILL_MODULES
+
+    unknown = [s for s in cfg.curriculum.skills if s not in SKILL_MODULES]
+    if unknown:
+        raise ValueError(f"config curriculum.skills: {unknown[0]!r} is not allowed; use skills from "
+                         f"{', '.join(SKILL_MODULES)}")
     for key, ok, allowed in rules:
         if not ok:
             section, name = key.split(".")
