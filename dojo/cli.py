@@ -7,6 +7,8 @@
     dojo train FILE [--steps N]               one chunk from the latest checkpoint (or the base model)
     dojo eval CHECKPOINT --skill bin [--levels 1,2]
     dojo demo                                 generate BIN level 1, train chunks until it is learned, evaluate
+    dojo queue list | add FILE [--priority high|normal|low] | priority ID LEVEL | retry ID | delete ID
+    dojo lineage                              rejection stats per generator and validator
 
 Every command takes ``--config FILE``. User mistakes print ``dojo: error: …`` naming the file, line, rule and
 value, and exit 2; ``pack-check`` exits 1 when a hard masking check fails.
@@ -26,8 +28,9 @@ import yaml
 from dojo import config as config_mod
 from dojo.lineage import write_sidecar
 from skills import bin as bin_skill
+from skills import syllo
 
-SKILL_MODULES = {"bin": bin_skill}
+SKILL_MODULES = {"bin": bin_skill, "syllo": syllo}
 
 
 def _quiet_libraries() -> None:
@@ -174,6 +177,53 @@ def cmd_demo(cfg, args) -> int:
     return 0 if accuracy >= args.target else 1
 
 
+def cmd_queue_list(cfg, args) -> int:
+    from dojo import queue
+
+    print(queue.format_list(queue.list_entries(cfg)))
+    return 0
+
+
+def cmd_queue_add(cfg, args) -> int:
+    from dojo import queue
+
+    e = queue.add(cfg, args.file, priority=args.priority)
+    print(f"queued {e.id} {e.name} ({e.examples} examples) at priority {e.priority}: {e.path}")
+    return 0
+
+
+def cmd_queue_priority(cfg, args) -> int:
+    from dojo import queue
+
+    e = queue.set_priority(cfg, args.id, args.level)
+    print(f"{e.id} {e.name} is queued at priority {e.priority}")
+    return 0
+
+
+def cmd_queue_retry(cfg, args) -> int:
+    from dojo import queue
+    from validation.validate import validate_file
+
+    e = queue.retry(cfg, args.id, lambda path: validate_file(path, cfg))
+    print(f"{e.id} {e.name} passed validation and is queued again at priority {e.priority}")
+    return 0
+
+
+def cmd_queue_delete(cfg, args) -> int:
+    from dojo import queue
+
+    e = queue.delete(cfg, args.id)
+    print(f"moved {e.id} {e.name} to trash: {e.path}")
+    return 0
+
+
+def cmd_lineage(cfg, args) -> int:
+    from dojo import lineage_stats
+
+    print(lineage_stats.format_table(lineage_stats.load(cfg)))
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -231,6 +281,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     p.add_argument("--target", type=float, default=0.8)
     p.set_defaults(func=cmd_demo)
+
+    levels = ("high", "normal", "low")
+    p = sub.add_parser("queue", help="the data queue: list, add, priority, retry, delete", parents=[common])
+    qsub = p.add_subparsers(dest="action", required=True)
+    q = qsub.add_parser("list", help="every file by priority, then processing/done/failed/trash", parents=[common])
+    q.set_defaults(func=cmd_queue_list)
+    q = qsub.add_parser("add", help="copy a data file (and its sidecar) into the queue", parents=[common])
+    q.add_argument("file")
+    q.add_argument("--priority", default="normal", choices=levels)
+    q.set_defaults(func=cmd_queue_add)
+    q = qsub.add_parser("priority", help="move a queued file to another priority", parents=[common])
+    q.add_argument("id", help="ID or a unique prefix of at least 4 characters")
+    q.add_argument("level", choices=levels)
+    q.set_defaults(func=cmd_queue_priority)
+    q = qsub.add_parser("retry", help="validate a failed file again; queue it when it passes", parents=[common])
+    q.add_argument("id", help="ID or a unique prefix of at least 4 characters")
+    q.set_defaults(func=cmd_queue_retry)
+    q = qsub.add_parser("delete", help="move a file to trash (never while it is being trained)", parents=[common])
+    q.add_argument("id", help="ID or a unique prefix of at least 4 characters")
+    q.set_defaults(func=cmd_queue_delete)
+
+    p = sub.add_parser("lineage", help="rejection stats per generator and validator", parents=[common])
+    p.set_defaults(func=cmd_lineage)
     return parser
 
 

@@ -23,11 +23,12 @@ from model import checkpoint as ckpt
 from model.chat import generation_prompt, system_prompt_text, with_system_prompt
 from model.loading import load_model, load_tokenizer, pick_runtime
 from skills import bin as bin_skill
+from skills import syllo
 
 log = logging.getLogger("dojo.eval")
 
 # Skill name -> module with LEVELS, GENERATOR_ID/VERSION, eval_problems, covers_space, problem_space_size, score.
-SKILLS = {"bin": bin_skill}
+SKILLS = {"bin": bin_skill, "syllo": syllo}
 
 
 def resolve_checkpoint(cfg: Config, name_or_path: str) -> Path:
