@@ -187,8 +187,16 @@ def cmd_queue_list(cfg, args) -> int:
 def cmd_queue_add(cfg, args) -> int:
     from dojo import queue
 
-    e = queue.add(cfg, args.file, priority=args.priority)
-    print(f"queued {e.id} {e.name} ({e.examples} examples) at priority {e.priority}: {e.path}")
+    from dojo.gate import admit
+
+    a = admit(cfg, args.file, priority=args.priority)
+    print(a.report)
+    e = a.entry
+    if not a.accepted:
+        print(f"rejected: {e.id} {e.name} is in failed/ with its reasons: {e.path}")
+        return 1
+    kept = f"; {a.rejected_lines} rejected line(s) kept in {a.rejected_path}" if a.rejected_lines else ""
+    print(f"queued {e.id} {e.name} ({e.examples} examples) at priority {e.priority}: {e.path}{kept}")
     return 0
 
 
@@ -315,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     try:
         cfg = config_mod.load(getattr(args, "config", None))
-        if args.command not in ("config", "generate"):
+        if args.command not in ("config", "generate", "queue", "lineage"):
             _quiet_libraries()
         started = time.monotonic()
         code = args.func(cfg, args)

@@ -465,6 +465,17 @@ def finish(cfg, file_id: str, outcome: str = "done", reason: str | None = None) 
         return _move_checked(cfg, entry, "done", event="done")
 
 
+def reject(cfg, file_id: str, reason: str) -> QueueEntry:
+    """queued or processing → failed/ with ``{stem}.reason.txt`` (the gate turned the file away)."""
+    with _lock(cfg):
+        entry = find(cfg, file_id)
+        if entry.state == "failed":
+            return entry
+        if entry.state not in ("queued", "processing"):
+            raise ValueError(f"{entry.id} is {entry.state}; only a queued or processing file can be rejected")
+        return _move_checked(cfg, entry, "failed", reason=reason, event="rejected")
+
+
 def release(cfg, file_id: str) -> QueueEntry:
     """processing → back to its queue folder (a cancelled chunk). Releasing a queued file is a no-op."""
     with _lock(cfg):
