@@ -196,6 +196,13 @@ def _check_values(cfg: Config) -> None:
     if unknown:
         raise ValueError(f"config curriculum.skills: {unknown[0]!r} is not allowed; use skills from "
                          f"{', '.join(SKILL_MODULES)}")
+    from validation.content import DISABLEABLE, DOWNGRADABLE
+
+    for key, names, known in (("validation.warnings", cfg.validation.warnings, DOWNGRADABLE),
+                              ("validation.disabled", cfg.validation.disabled, DISABLEABLE)):
+        for name in names:
+            if name not in known:
+                raise ValueError(f"config {key}: {name!r} is not allowed; use rules from {', '.join(known)}")
     for key, ok, allowed in rules:
         if not ok:
             section, name = key.split(".")

@@ -113,18 +113,18 @@ def validate_file(path: str | Path, cfg, depth: str | None = None, spec: str | N
     except ValueError as exc:
         spec_name, meta = None, None
         report = FileReport(name, None, depth, accept_ratio=v.accept_ratio)
-        report.file_issues.append(Issue(name, 0, "unreadable", str(exc)))
+        report.file_issues.append(Issue(name, 0, "unreadable@1", str(exc)))
         return report
     report = FileReport(name, spec_name, depth, accept_ratio=v.accept_ratio)
     if spec_name not in specs.SPECS:
         why = "no spec: the file has no sidecar naming one and --spec was not given" if not spec_name else \
             f"unknown spec; known: {', '.join(specs.SPECS)}"
-        report.file_issues.append(Issue(name, 0, "unknown_spec", why, show_value(spec_name) if spec_name else ""))
+        report.file_issues.append(Issue(name, 0, "unknown_spec@1", why, show_value(spec_name) if spec_name else ""))
         return report
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        report.file_issues.append(Issue(name, 0, "unreadable", str(exc)))
+        report.file_issues.append(Issue(name, 0, "unreadable@1", str(exc)))
         return report
 
     def warn(line, rule, message, value=""):
@@ -164,7 +164,7 @@ def validate_file(path: str | Path, cfg, depth: str | None = None, spec: str | N
         except json.JSONDecodeError as exc:
             reject(number, "json_syntax", f"not valid JSON ({exc.msg} at column {exc.colno})", show_value(text))
     if report.total == 0:
-        report.file_issues.append(Issue(name, 0, "empty_file", "the file holds no examples"))
+        report.file_issues.append(Issue(name, 0, "empty_file@1", "the file holds no examples"))
         return report
 
     for number, (rule, message) in specs.check_records(spec_name, records).items():
