@@ -120,6 +120,23 @@ class CurriculumConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    host: str = doc("address the local Prefect server binds to (dojo up)", "127.0.0.1")
+    port: int = doc("port of the local Prefect server and UI (dojo up)", 4200)
+    train_pool: str = doc("work pool of train/continuous (one GPU, concurrency 1)", "dojo-train")
+    eval_pool: str = doc("work pool of evaluate/checkpoint and curriculum/scheduled", "dojo-eval")
+    train_gpus: str = doc("CUDA_VISIBLE_DEVICES for runs on the training pool", "0")
+    eval_gpus: str = doc("CUDA_VISIBLE_DEVICES for runs on the eval pool", "1")
+    steps_per_chunk: int = doc("optimizer steps per chunk (0 = train.epochs passes over each file)", 200)
+    max_chunks: int = doc("stop train/continuous after this many chunks (0 = no limit)", 0)
+    max_hours: float = doc("stop train/continuous after this many hours (0 = no limit)", 0.0)
+    heartbeat_seconds: int = doc("flow-run heartbeat interval (Prefect's minimum is 30)", 30)
+    zombie_window_seconds: int = doc("a run with no heartbeat for this long is marked Crashed (>= 3x heartbeat)",
+                                     120)
+    max_failures: int = doc("consecutive failed chunks after which train/continuous stops", 3)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = doc("prompts per batched greedy generation", 64)
     max_new_tokens: int = doc("generation budget per answer (BIN level 7 answers need ~90 tokens)", 128)
@@ -137,6 +154,8 @@ class Config:
     validation: ValidationConfig = doc("the data gate: spec and content checks", default_factory=ValidationConfig)
     curriculum: CurriculumConfig = doc("what to train next and when a level is mastered",
                                        default_factory=CurriculumConfig)
+    pipeline: PipelineConfig = doc("the Prefect stack: server, pools, workers, the continuous loop",
+                                   default_factory=PipelineConfig)
 
     @property
     def root(self) -> Path:
@@ -181,6 +200,14 @@ def _check_values(cfg: Config) -> None:
         ("curriculum.low_water", cfg.curriculum.low_water >= 0, "an integer >= 0"),
         ("curriculum.examples_per_file", cfg.curriculum.examples_per_file >= 1, "an integer >= 1"),
         ("curriculum.promotion_tolerance", 0.0 <= cfg.curriculum.promotion_tolerance <= 1.0, "a number in [0, 1]"),
+        ("pipeline.port", 1 <= cfg.pipeline.port <= 65535, "a port number"),
+        ("pipeline.steps_per_chunk", cfg.pipeline.steps_per_chunk >= 0, "an integer >= 0"),
+        ("pipeline.max_chunks", cfg.pipeline.max_chunks >= 0, "an integer >= 0"),
+        ("pipeline.max_hours", cfg.pipeline.max_hours >= 0, "a number >= 0"),
+        ("pipeline.heartbeat_seconds", cfg.pipeline.heartbeat_seconds >= 30, "an integer >= 30 (Prefect's minimum)"),
+        ("pipeline.zombie_window_seconds", cfg.pipeline.zombie_window_seconds >= 3 * cfg.pipeline.heartbeat_seconds,
+         "an integer >= 3 x pipeline.heartbeat_seconds (a shorter window crashes healthy runs)"),
+        ("pipeline.max_failures", cfg.pipeline.max_failures >= 1, "an integer >= 1"),
         ("validation.accept_ratio", 0.0 <= cfg.validation.accept_ratio <= 1.0, "a number in [0, 1]"),
         ("validation.max_char_share", 0.0 < cfg.validation.max_char_share <= 1.0, "a number in (0, 1]"),
         ("validation.min_answer_chars", cfg.validation.min_answer_chars >= 0, "an integer >= 0"),

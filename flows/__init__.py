@@ -1,2 +1,10 @@
-"""Prefect flows: wiring only (which task, in what order, on which pool). Built in the pipeline issue on top
-of the plain modules in model/, validation/, skills/ and dojo/."""
+"""Prefect flows: wiring only (which task, in what order, on which pool). Deployments: prefect.yaml."""
+import os
+
+from dojo import config as _config
+
+
+def load_config(path: str | None):
+    """The flows' config: the ``config`` parameter, else $DOJO_CONFIG, else ./dojo.yaml (the repo root, where
+    the workers run), else defaults."""
+    return _config.load(path or os.environ.get("DOJO_CONFIG"))

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -171,20 +172,24 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, ledger: dict, train
         raise FileExistsError(f"checkpoint {final} already exists; refusing to overwrite it")
     tmp = folder / f".tmp-{name}-{os.getpid()}"
     tmp.mkdir()
-    model.save_pretrained(tmp)   # safetensors is the only format transformers 5 writes
-    tokenizer.save_pretrained(tmp)
-    if training_state is not None:
-        (tmp / STATE_DIR).mkdir()
-        for key, value in training_state.items():
-            save_state(tmp / STATE_DIR, key, value)
-    ledger = dict(ledger, ledger_version=LEDGER_VERSION, name=name, step=step,
-                  time=now.astimezone(dt.timezone.utc).isoformat(timespec="seconds"),
-                  has_optimizer_state=training_state is not None)
-    ledger["size_bytes"] = dir_size(tmp)
-    write_json_atomic(tmp / LEDGER, ledger)
-    problems = check_model_dir(tmp).problems
-    assert not problems, f"freshly written checkpoint is not a valid model dir: {problems}"
-    os.rename(tmp, final)
+    try:
+        model.save_pretrained(tmp)   # safetensors is the only format transformers 5 writes
+        tokenizer.save_pretrained(tmp)
+        if training_state is not None:
+            (tmp / STATE_DIR).mkdir()
+            for key, value in training_state.items():
+                save_state(tmp / STATE_DIR, key, value)
+        ledger = dict(ledger, ledger_version=LEDGER_VERSION, name=name, step=step,
+                      time=now.astimezone(dt.timezone.utc).isoformat(timespec="seconds"),
+                      has_optimizer_state=training_state is not None)
+        ledger["size_bytes"] = dir_size(tmp)
+        write_json_atomic(tmp / LEDGER, ledger)
+        problems = check_model_dir(tmp).problems
+        assert not problems, f"freshly written checkpoint is not a valid model dir: {problems}"
+        os.rename(tmp, final)
+    except BaseException:            # cancelled or failed mid-save: leave no half-written directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 

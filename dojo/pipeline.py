@@ -1,0 +1,177 @@
+"""The continuous pipeline's logic as plain functions (the Prefect flows in ``flows/`` only wire them).
+
+claim → gate → train one chunk → finish → evaluate → curriculum → promote, and the queue top-up from the
+curriculum. Each function takes the Config and paths/ids and returns small frozen dataclasses or dicts, so
+tasks can pass them around without pickling models.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from dojo import gate, promotion, queue
+from dojo.lineage import read_sidecar
+from skills import curriculum
+
+log = logging.getLogger("dojo.pipeline")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    name: str
+    path: str           # in processing/
+    sha256: str
+    skill: str | None
+    level: int | None
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    accepted: bool
+    train_file: str | None     # what to train (the claimed file, or its valid lines when some were rejected)
+    validation: dict           # FileReport.to_dict() + sha256
+    report: str
+
+
+# ---------------------------------------------------------------- queue side
+def lineage_files(cfg) -> set[str]:
+    """sha256 of every file trained into the current lineage (from the latest checkpoint's ledger)."""
+    from model.checkpoint import latest_checkpoint, read_ledger
+
+    latest = latest_checkpoint(cfg.root)
+    return set(read_ledger(latest).get("lineage_files", [])) if latest else set()
+
+
+def recover_orphans(cfg) -> list[str]:
+    """Files left in processing/ by a run that died (SIGKILL, power loss). Call only while holding the
+    continuous-loop lock, so no live run owns them. A file whose chunk reached a checkpoint is finished as
+    done (it must not be trained twice into the lineage); any other goes back to its queue."""
+    trained = lineage_files(cfg)
+    out = []
+    for entry in [e for e in queue.list_entries(cfg) if e.state == "processing"]:
+        meta = read_sidecar(entry.path) or {}
+        shas = {entry.sha256, meta.get("train_sha256")}
+        if shas & trained:
+            queue.finish(cfg, entry.id, "done")
+            out.append(f"{entry.id} {entry.name}: its chunk was saved before the crash; marked done")
+        else:
+            queue.release(cfg, entry.id)
+            out.append(f"{entry.id} {entry.name}: returned to the queue")
+    return out
+
+
+def top_up(cfg) -> list[str]:
+    """When fewer than ``curriculum.low_water`` files are queued, generate one curriculum file (the chosen
+    skill's training level) into the inbox and admit it through the gate. Returns what was done."""
+    queued = sum(queue.depth(cfg).values())
+    if queued >= cfg.curriculum.low_water:
+        return []
+    return [generate_for_curriculum(cfg)]
+
+
+def generate_for_curriculum(cfg, count: int | None = None) -> str:
+    """Choose skill and level by the curriculum strategy, generate, and admit through the gate."""
+    from dojo.cli import generate_file
+
+    c = cfg.curriculum
+    state = curriculum.load(cfg.root, list(c.skills))
+    skill = curriculum.choose_skill(state, c.strategy, list(c.skills), dict(zip(c.skills, c.weights)), c.seed)
+    level = curriculum.training_level(state, skill)
+    state["files_generated"] = state.get("files_generated", 0) + 1
+    seed = c.seed + state["files_generated"]
+    curriculum.save(cfg.root, state)
+    count = count or c.examples_per_file
+    inbox = Path(cfg.root) / "inbox"
+    path = generate_file(skill, level, count, seed, inbox / f"curriculum_{skill}_l{level}_s{seed}.jsonl", force=True)
+    admission = gate.admit(cfg, path)
+    for p in (path, path.with_name(path.stem + ".meta.json")):
+        p.unlink(missing_ok=True)     # our own generated copy: the queue holds it now
+    verdict = "queued" if admission.accepted else "REJECTED by the gate"
+    return f"generated {count} {skill} level-{level} examples (seed {seed}): {verdict} as {admission.entry.id}"
+
+
+def claim(cfg) -> Claimed | None:
+    entry = queue.claim(cfg)
+    if entry is None:
+        return None
+    meta = read_sidecar(entry.path) or {}
+    return Claimed(entry.id, entry.name, str(entry.path), entry.sha256, meta.get("skill"), meta.get("level"))
+
+
+def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> GateOutcome:
+    """Validate the claimed file again (files can be dropped into queue/ by hand, and configs change).
+    Rejected → failed/ with the report. Partly rejected → train only the valid lines; the rejected ones are
+    kept in failed/ with reasons."""
+    from validation.validate import validate_file, write_split
+
+    path = Path(claimed.path)
+    report = validate_file(path, cfg, tokenizer=tokenizer)
+    validation = gate.record(cfg, path, report, claimed.sha256)
+    if not report.accepted:
+        queue.finish(cfg, claimed.id, "failed", report.format(limit=50))
+        return GateOutcome(False, None, validation, report.format())
+    train_file = path
+    if report.rejected:
+        failed = Path(cfg.root) / "failed"
+        failed.mkdir(parents=True, exist_ok=True)
+        train_file = path.with_name(f".train-{path.name}")
+        write_split(report, path, train_file, failed / f"{path.stem}.rejected.jsonl")
+        shutil.copyfile(path.with_name(path.stem + ".meta.json"), train_file.with_name(train_file.stem + ".meta.json"))
+        from dojo.lineage import sidecar_path
+        from model.checkpoint import sha256_file
+
+        meta = read_sidecar(path) or {}
+        meta["train_sha256"] = sha256_file(train_file)   # what the lineage will record (see recover_orphans)
+        sidecar_path(path).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return GateOutcome(True, str(train_file), validation, report.format())
+
+
+def finish_trained(cfg, claimed: Claimed, outcome: GateOutcome) -> None:
+    """The chunk is saved: the file is done (and a split-off training copy removed — its lines are the file's)."""
+    queue.finish(cfg, claimed.id, "done")
+    if outcome.train_file and Path(outcome.train_file).name.startswith(".train-"):
+        t = Path(outcome.train_file)
+        t.unlink(missing_ok=True)
+        t.with_name(t.stem + ".meta.json").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- evaluation side
+def evaluate_and_promote(cfg, checkpoint: str) -> dict:
+    """Score a checkpoint on every level up to its skill's training level, record curriculum progress
+    (advance on the mean of the last evals), and decide promotion. Returns what happened."""
+    from model.checkpoint import read_ledger
+    from model.evaluate import evaluate, resolve_checkpoint
+
+    path = resolve_checkpoint(cfg, checkpoint)
+    ledger = read_ledger(path)
+    skills = list(cfg.curriculum.skills)
+    skill = ledger.get("skill") if ledger.get("skill") in skills else skills[0]
+    state = curriculum.load(cfg.root, skills)
+    level = curriculum.training_level(state, skill)
+    report = evaluate(cfg, path, skill, list(range(1, level + 1)))
+    levels = report["skills"][skill]["levels"]
+    scores = {lv: r["accuracy"] for lv, r in levels.items()}
+    state = curriculum.load(cfg.root, skills)      # re-read: evaluation took a while
+    advance = curriculum.record_eval(state, skill, level, scores[str(level)], path.name, ledger["step"],
+                                     cfg.curriculum.window, cfg.curriculum.threshold)
+    curriculum.save(cfg.root, state)
+    mastered = list(range(1, state["skills"][skill]["level"] + 1))
+    decision = promotion.decide(path.name, scores, promotion.current(cfg.root), skill, level,
+                                [lv for lv in mastered if lv != level], cfg.curriculum.promotion_tolerance)
+    promotion.apply(cfg.root, decision, str(path), {skill: scores})
+    return {"checkpoint": path.name, "step": ledger["step"], "skill": skill, "training_level": level,
+            "levels": levels, "advance": advance, "promoted": decision.promote, "reason": decision.reason,
+            "decision_markdown": decision.markdown(), "curriculum": state}
+
+
+def curriculum_rows(state: dict) -> list[dict]:
+    rows = []
+    for skill, s in state["skills"].items():
+        recent = [h["accuracy"] for h in s["history"]][-3:]
+        rows.append({"skill": skill, "mastered_level": s["level"], "training_level": curriculum.training_level(state, skill),
+                     "evals": len(s["history"]), "last_3": ", ".join(f"{a:.3f}" for a in recent)})
+    return rows

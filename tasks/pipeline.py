@@ -1,0 +1,133 @@
+"""Prefect tasks: thin adapters over ``dojo.pipeline`` and ``model.train`` adding logging, retries where they
+help (storage), and the artifacts users watch in the UI. Inputs and outputs are paths, ids and small frozen
+dataclasses — never models or tensors (results are not persisted; ``NO_CACHE`` everywhere: every call is real
+work on changing state)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+from prefect.cache_policies import NO_CACHE
+
+from dojo import lineage_stats, pipeline
+
+OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(**OPTS)
+def recover(cfg) -> list[str]:
+    done = pipeline.recover_orphans(cfg)
+    for line in done:
+        get_run_logger().warning("recovered an orphaned claim: %s", line)
+    return done
+
+
+@task(retries=2, retry_delay_seconds=5, **OPTS)
+def top_up(cfg) -> list[str]:
+    done = pipeline.top_up(cfg)
+    for line in done:
+        get_run_logger().info("queue top-up: %s", line)
+    return done
+
+
+@task(retries=2, retry_delay_seconds=5, **OPTS)
+def claim(cfg) -> pipeline.Claimed | None:
+    return pipeline.claim(cfg)
+
+
+@task(**OPTS)
+def gate(cfg, claimed: pipeline.Claimed) -> pipeline.GateOutcome:
+    outcome = pipeline.check_claimed(cfg, claimed)
+    v = outcome.validation
+    rows = [{"field": k, "value": str(v.get(k))} for k in
+            ("file", "spec", "depth", "validator", "total", "accepted", "rejected", "outcome", "sha256")]
+    from dojo.lineage import read_sidecar
+
+    meta = read_sidecar(claimed.path) or {}
+    rows = [{"field": "generator", "value": str(meta.get("generator"))},
+            {"field": "params", "value": str(meta.get("params"))}] + rows
+    rows += [{"field": f"rejected: {rule}", "value": str(n)} for rule, n in v["rejected_by_rule"].items()]
+    rows += [{"field": f"warning: {rule}", "value": str(n)} for rule, n in v["warnings_by_rule"].items()]
+    create_table_artifact(key=f"lineage-{claimed.id}", table=rows, description=f"Lineage of {claimed.name}")
+    stats = lineage_stats.load(cfg)
+    create_table_artifact(key="lineage-stats", table=lineage_stats.generator_rows(stats) or [{"generator": "none"}],
+                          description="Rejections per generator@version")
+    if not outcome.accepted:
+        get_run_logger().warning("gate rejected %s:\n%s", claimed.name, outcome.report)
+    return outcome
+
+
+@task(**OPTS)
+def train_chunk(cfg, train_file: str, steps: int | None) -> dict:
+    """One chunk; a progress artifact while it trains and the masking report after."""
+    from model.train import train_chunk as run_chunk
+    from validation.masking import MaskingError
+
+    logger = get_run_logger()
+    progress = create_progress_artifact(progress=0.0, key="train-progress", description=f"Training on {train_file}")
+
+    def on_progress(p: dict) -> None:
+        update_progress_artifact(artifact_id=progress, progress=100.0 * p["chunk_step"] / p["chunk_steps"])
+        logger.info("step %d (%d/%d) loss %.4f lr %.2e", p["step"], p["chunk_step"], p["chunk_steps"], p["loss"], p["lr"])
+
+    try:
+        result = run_chunk(cfg, train_file, steps=steps, on_progress=on_progress)
+    except MaskingError as exc:
+        create_markdown_artifact(key="masking-report", markdown=f"# Masking FAILED\n\n```\n{exc.report.format()}\n```")
+        raise
+    from model.checkpoint import read_ledger
+
+    ledger = read_ledger(result.checkpoint)
+    m = ledger["masking"]
+    checks = "\n".join(f"| {name} | {'PASS' if ok else 'FAIL'} |" for name, ok in m["checks"].items())
+    create_markdown_artifact(key="masking-report", markdown=(
+        f"# Masking report: {result.checkpoint.name}\n\nmasked ratio {m['masked_ratio']:.3f}, fill ratio "
+        f"{m['fill_ratio']:.3f}\n\n| check | verdict |\n|---|---|\n{checks}\n"))
+    summary = asdict(result)
+    summary["checkpoint"] = str(result.checkpoint)
+    return summary
+
+
+@task(retries=2, retry_delay_seconds=5, **OPTS)
+def finish(cfg, claimed: pipeline.Claimed, outcome: pipeline.GateOutcome) -> None:
+    pipeline.finish_trained(cfg, claimed, outcome)
+
+
+@task(**OPTS)
+def fail(cfg, claimed: pipeline.Claimed, reason: str) -> None:
+    from dojo import queue
+
+    queue.finish(cfg, claimed.id, "failed", reason)
+
+
+@task(**OPTS)
+def release(cfg, claimed: pipeline.Claimed) -> None:
+    from dojo import queue
+
+    queue.release(cfg, claimed.id)
+
+
+@task(**OPTS)
+def evaluate_and_promote(cfg, checkpoint: str) -> dict:
+    out = pipeline.evaluate_and_promote(cfg, checkpoint)
+    rows = [{"skill": out["skill"], "level": int(lv), "accuracy": round(r["accuracy"], 4), "correct": r["correct"],
+             "n": r["n"], "overlaps_training": r["overlaps_training"]} for lv, r in out["levels"].items()]
+    create_table_artifact(key=f"eval-{out['skill']}", table=rows, description=f"Eval of {out['checkpoint']}")
+    create_markdown_artifact(key="promotion-decision", markdown=out["decision_markdown"])
+    create_table_artifact(key="curriculum-state", table=pipeline.curriculum_rows(out["curriculum"]),
+                          description="Curriculum: mastered and training level per skill")
+    logger = get_run_logger()
+    logger.info("%s: %s", out["checkpoint"], ", ".join(f"L{r['level']} {r['accuracy']:.3f}" for r in rows))
+    if out["advance"]:
+        logger.info("curriculum advanced: %s", out["advance"])
+    logger.info("promotion: %s — %s", "promoted" if out["promoted"] else "not promoted", out["reason"])
+    return {k: v for k, v in out.items() if k not in ("curriculum", "decision_markdown")}
+
+
+@task(retries=2, retry_delay_seconds=5, **OPTS)
+def generate_curriculum_file(cfg, count: int | None = None) -> str:
+    line = pipeline.generate_for_curriculum(cfg, count)
+    get_run_logger().info(line)
+    return line
