@@ -7,6 +7,7 @@
     dojo train FILE [--steps N]               one chunk from the latest checkpoint (or the base model)
     dojo eval CHECKPOINT --skill bin [--levels 1,2]
     dojo demo                                 generate BIN level 1, train chunks until it is learned, evaluate
+    dojo up [--no-run] / dojo down / dojo status    the local Prefect stack (deployments/stack.py)
     dojo queue list | add FILE [--priority high|normal|low] | priority ID LEVEL | retry ID | delete ID
     dojo lineage                              rejection stats per generator and validator
 
@@ -155,6 +156,27 @@ def cmd_eval(cfg, args) -> int:
     return 0
 
 
+def cmd_up(cfg, args) -> int:
+    from deployments import stack
+
+    stack.up(cfg, getattr(args, "config", None), run=not args.no_run)
+    return 0
+
+
+def cmd_down(cfg, args) -> int:
+    from deployments import stack
+
+    stack.down(cfg)
+    return 0
+
+
+def cmd_status(cfg, args) -> int:
+    from deployments import stack
+
+    stack.status(cfg)
+    return 0
+
+
 def cmd_demo(cfg, args) -> int:
     """BIN level 1 end to end: generate, train in chunks (exact resume between them), evaluate each chunk."""
     from model.evaluate import evaluate
@@ -282,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=_levels, help="comma-separated, e.g. 1,2 (default: up to the trained level)")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("up", help="start the local Prefect stack and train/continuous", parents=[common])
+    p.add_argument("--no-run", action="store_true", help="bring the stack up without starting train/continuous")
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("down", help="stop the processes `dojo up` started", parents=[common])
+    p.set_defaults(func=cmd_down)
+    p = sub.add_parser("status", help="server, pools, workers, queue, curriculum, promoted checkpoint",
+                       parents=[common])
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("demo", help="BIN level 1 end to end on the configured (tiny) model", parents=[common])
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1)
@@ -321,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per API call drowns `dojo status`
     try:
         cfg = config_mod.load(getattr(args, "config", None))
-        if args.command not in ("config", "generate", "queue", "lineage"):
+        if args.command not in ("config", "generate", "queue", "lineage", "up", "down", "status"):
             _quiet_libraries()
         started = time.monotonic()
         code = args.func(cfg, args)
