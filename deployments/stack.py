@@ -221,9 +221,12 @@ def status(cfg, log=print) -> dict:
                 except Exception as exc:  # noqa: BLE001 - status must report, not crash
                     log(f"pool {pool}: not found ({exc.__class__.__name__})")
             runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=6)
+            flows = {f: client.read_flow(f).name for f in {r.flow_id for r in runs}}
             out["runs"] = [(r.name, r.state_name) for r in runs]
+            log("last runs:")
             for r in runs:
-                log(f"  run {r.name}: {r.state_name} (flow {r.flow_id})")
+                log(f"  {flows[r.flow_id]} {r.name}: {r.state_name}"
+                    + (f" ({r.work_pool_name})" if r.work_pool_name else ""))
     out["queue"] = queue.depth(cfg)
     log("queue: " + ", ".join(f"{k} {v}" for k, v in out["queue"].items()))
     state = curriculum.load(cfg.root, list(cfg.curriculum.skills))
