@@ -43,13 +43,15 @@ def stack(tmp_path_factory):
     }))
     old_home = os.environ.pop("DOJO_HOME", None)
     cfg = config.load(str(cfg_path))
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     stack_mod.up(cfg, str(cfg_path), run=False, log=lambda *_: None)
-    os.environ["PREFECT_API_URL"] = stack_mod.api_url(cfg)
     try:
-        yield stack_mod, cfg, str(cfg_path)
+        # the in-process client must talk to this stack, whatever server an earlier test module pointed at
+        with temporary_settings(updates={PREFECT_API_URL: stack_mod.api_url(cfg)}):
+            yield stack_mod, cfg, str(cfg_path)
     finally:
         stack_mod.down(cfg, log=lambda *_: None)
-        os.environ.pop("PREFECT_API_URL", None)
         if old_home is not None:
             os.environ["DOJO_HOME"] = old_home
 
