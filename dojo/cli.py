@@ -156,6 +156,14 @@ def cmd_eval(cfg, args) -> int:
     return 0
 
 
+def cmd_merge(cfg, args) -> int:
+    from model.loading import merge_adapter
+
+    out = merge_adapter(args.checkpoint, args.out)
+    print(f"merged {args.checkpoint} into a full model at {out}")
+    return 0
+
+
 def cmd_up(cfg, args) -> int:
     from deployments import stack
 
@@ -303,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skill", default="bin", choices=sorted(SKILL_MODULES))
     p.add_argument("--levels", type=_levels, help="comma-separated, e.g. 1,2 (default: up to the trained level)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("merge", help="fold a LoRA adapter checkpoint into a full model directory", parents=[common])
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("up", help="start the local Prefect stack and train/continuous", parents=[common])
     p.add_argument("--no-run", action="store_true", help="bring the stack up without starting train/continuous")

@@ -46,6 +46,14 @@ class ModelConfig:
         "attention kernel; auto = flash_attention_2 when importable on CUDA, else sdpa", "auto")
     gradient_checkpointing: bool = doc("recompute activations in backward to save memory", True)
     trust_remote_code: bool = doc("allow model code from the model directory/hub (off unless you trust it)", False)
+    liger: Literal["auto", "on", "off"] = doc(
+        "Liger Triton kernels (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy); auto = on with CUDA", "auto")
+    lora: bool = doc("train a LoRA adapter instead of the full model (checkpoints are adapters)", False)
+    lora_rank: int = doc("LoRA rank", 16)
+    lora_alpha: int = doc("LoRA alpha (scale = alpha / rank)", 32)
+    lora_dropout: float = doc("LoRA dropout", 0.0)
+    lora_target_modules: tuple[str, ...] = doc(
+        "module names LoRA adapts", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = doc("seed for data order, init of new layers and dropout", 1234)
+    optimizer: Literal["adamw", "paged_adamw_8bit", "muon"] = doc(
+        "adamw; paged_adamw_8bit (bitsandbytes, CUDA only); muon (hidden 2-D weights) + adamw (the rest)", "adamw")
+    muon_lr: float = doc("Muon learning rate for the hidden matrices (the old system's hidden_lr)", 0.02)
+    muon_momentum: float = doc("Muon momentum", 0.95)
     learning_rate: float = doc("peak learning rate", 3e-3)
     weight_decay: float = doc("AdamW weight decay (not applied to norms and biases)", 0.0)
     adam_beta1: float = doc("AdamW beta1", 0.9)
@@ -173,6 +185,12 @@ def _check_values(cfg: Config) -> None:
         ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 0.5, "a number in [0, 0.5)"),
         ("data.val_max_examples", cfg.data.val_max_examples >= 0, "an integer >= 0"),
         ("train.learning_rate", 0.0 < cfg.train.learning_rate < 1.0, "a number in (0, 1)"),
+        ("train.muon_lr", 0.0 < cfg.train.muon_lr < 1.0, "a number in (0, 1)"),
+        ("train.muon_momentum", 0.0 <= cfg.train.muon_momentum < 1.0, "a number in [0, 1)"),
+        ("model.lora_rank", cfg.model.lora_rank >= 1, "an integer >= 1"),
+        ("model.lora_alpha", cfg.model.lora_alpha >= 1, "an integer >= 1"),
+        ("model.lora_dropout", 0.0 <= cfg.model.lora_dropout < 1.0, "a number in [0, 1)"),
+        ("model.lora_target_modules", bool(cfg.model.lora_target_modules), "a non-empty list of module names"),
         ("train.weight_decay", cfg.train.weight_decay >= 0.0, "a number >= 0"),
         ("train.adam_beta1", 0.0 <= cfg.train.adam_beta1 < 1.0, "a number in [0, 1)"),
         ("train.adam_beta2", 0.0 <= cfg.train.adam_beta2 < 1.0, "a number in [0, 1)"),

@@ -85,9 +85,9 @@ def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", level
     if bad:
         raise ValueError(f"--levels: {bad} not in {skill_name}'s levels {list(skill.LEVELS)}")
     system_prompt = ledger.get("system_prompt") or system_prompt_text(cfg.data.system_prompt)
-    runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)
+    runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)   # no Liger: generation only
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
-    model = load_model(path, runtime, cfg.model.trust_remote_code)
+    model = load_model(path, runtime, cfg.model.trust_remote_code, trainable=False, merge_adapter=True)
     started = time.monotonic()
     results = {}
     for level in levels:

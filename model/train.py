@@ -31,7 +31,8 @@ from dojo.config import Config
 from dojo.lineage import read_sidecar
 from model import checkpoint as ckpt
 from model.chat import IGNORE, system_prompt_text, tokenize_example, with_system_prompt
-from model.loading import Runtime, load_model, load_tokenizer, pick_runtime
+from model.loading import adapter_base, add_lora, apply_liger, load_model, load_tokenizer, pick_runtime
+from model.optimizers import build as build_optimizers
 from model.packing import PackedRow, check_lengths, collate, fill_ratio, pack
 from validation.chat import ChatExample
 from validation.errors import DataError, Issue
@@ -144,18 +145,16 @@ def lr_factor(train_cfg) -> Callable[[int], float]:
     return factor
 
 
-def build_optimizer(model, train_cfg, runtime: Runtime) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on norms and biases (1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": train_cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train_cfg.learning_rate, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
-                             fused=runtime.device == "cuda")
+def loss_sum(model, batch: dict[str, torch.Tensor], fused: bool = False) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over trained tokens of a packed batch, and how many there were.
 
-
-def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over trained tokens of a packed batch, and how many there were."""
+    ``fused`` (Liger on CUDA): the model computes the loss from labels with the fused linear cross-entropy, so
+    the (B, T, V) logits are never materialised; ``num_items_in_batch=1`` makes its reduction a plain sum.
+    """
+    if fused:
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
+                    use_cache=False, num_items_in_batch=1)
+        return out.loss, int((batch["labels"][:, 1:] != IGNORE).sum())
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
     logits = out.logits[:, :-1, :]                      # (B, T-1, V)
     targets = batch["labels"][:, 1:]                    # (B, T-1)
@@ -232,7 +231,9 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     started = time.monotonic()
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
-    runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)
+    runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation, cfg.model.liger)
+    if runtime.liger:
+        apply_liger()
     parent = ckpt.latest_checkpoint(cfg.root)
     source = parent or cfg.model.name_or_path
     parent_ledger = ckpt.read_ledger(parent) if parent else {}
@@ -250,19 +251,32 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     file_sha = ckpt.sha256_file(data_file)
 
     model = load_model(source, runtime, cfg.model.trust_remote_code)
+    is_adapter = adapter_base(source) is not None
+    if is_adapter and not cfg.model.lora:
+        raise ValueError(f"the latest checkpoint {Path(source).name} is a LoRA adapter but config model.lora is "
+                         f"false; set model.lora: true to keep training it, or merge it (dojo merge) into a new base")
+    if cfg.model.lora and not is_adapter:
+        model = add_lora(model, cfg.model)
     if cfg.model.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
     t = cfg.train
-    optimizer = build_optimizer(model, t, runtime)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t))
+    optimizers, split = build_optimizers(model, t, runtime.device)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor(t)) for o in optimizers]
 
     global_step, epoch, offset = parent_ledger.get("step", 0), 0, 0
     if parent and ckpt.has_training_state(parent):
         state_dir = parent / ckpt.STATE_DIR
-        optimizer.load_state_dict(ckpt.load_state(state_dir, "optimizer"))
-        scheduler.load_state_dict(ckpt.load_state(state_dir, "scheduler"))
+        saved_opts, saved_scheds = ckpt.load_state(state_dir, "optimizer"), ckpt.load_state(state_dir, "scheduler")
+        if len(saved_opts) != len(optimizers) or parent_ledger.get("runtime", {}).get("optimizer") != t.optimizer:
+            raise ValueError(f"config train.optimizer is {t.optimizer}, but {parent.name} was trained with "
+                             f"{parent_ledger.get('runtime', {}).get('optimizer')}; its optimizer state cannot be "
+                             f"resumed (use another DOJO_HOME, or set train.optimizer back)")
+        for o, st in zip(optimizers, saved_opts):
+            o.load_state_dict(st)
+        for sc, st in zip(schedulers, saved_scheds):
+            sc.load_state_dict(st)
         trainer = ckpt.load_state(state_dir, "trainer")
         set_rng_state(ckpt.load_state(state_dir, "rng"))
         if trainer["data"]["sha256"] == file_sha:
@@ -275,7 +289,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         random.seed(t.seed)
 
     accelerator = Accelerator(cpu=runtime.device == "cpu", mixed_precision="no")
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, *optimizers = accelerator.prepare(model, *optimizers)
     rows_per_step = t.micro_batch_size * t.grad_accum
     if steps is None:
         steps = max(1, math.ceil(t.epochs * len(data.rows) / rows_per_step))
@@ -292,14 +306,15 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         step_loss = 0.0
         for batch in batches:
-            s, _ = loss_sum(model, batch)
+            s, _ = loss_sum(model, batch, fused=runtime.liger)
             accelerator.backward(s / max(1, n_tokens))   # token-weighted mean over the whole step
             step_loss += float(s.detach())
         if t.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        for o, sc in zip(optimizers, schedulers):
+            o.step()
+            sc.step()
+            o.zero_grad(set_to_none=True)
         global_step += 1
         examples_trained += sum(len(r.examples) for r in picked)
         chunk_loss, chunk_tokens = chunk_loss + step_loss, chunk_tokens + n_tokens
@@ -307,7 +322,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         if (i + 1) % t.log_every == 0 or i + 1 == steps:
             rate = sum(len(r) for r in picked) * t.log_every / max(1e-9, time.monotonic() - window_start)
             progress = {"step": global_step, "chunk_step": i + 1, "chunk_steps": steps,
-                        "loss": window_loss / max(1, window_tokens), "lr": scheduler.get_last_lr()[0],
+                        "loss": window_loss / max(1, window_tokens), "lr": schedulers[-1].get_last_lr()[0],
                         "epoch": stream.epoch, "tokens_per_s": rate}
             log.info("step %d (%d/%d) loss %.4f lr %.2e epoch %d", global_step, i + 1, steps, progress["loss"],
                      progress["lr"], stream.epoch)
@@ -331,7 +346,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         "base_model_identity": parent_ledger.get("base_model_identity", model_identity(cfg.model.name_or_path)),
         "train_loss": chunk_loss / max(1, chunk_tokens),
         "val_loss": val_loss,
-        "learning_rate": scheduler.get_last_lr()[0],
+        "learning_rate": schedulers[-1].get_last_lr()[0],
         "eval": {},
         "data_files": [file_record],
         "lineage_files": lineage,
@@ -344,7 +359,8 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         "masking": {"masked_ratio": data.masking.masked_ratio, "fill_ratio": data.fill_ratio,
                     "checks": {c.name: c.passed for c in data.masking.checks}},
         "runtime": dataclasses.asdict(runtime) | {"gradient_checkpointing": cfg.model.gradient_checkpointing,
-                                                   "optimizer": "adamw"},
+                                                   "optimizer": t.optimizer, "lora": cfg.model.lora},
+        "optimizer_split": split,
         "config": cfg.to_dict(),
         "system_prompt": system_prompt,
         "code_version": ckpt.code_version(),
@@ -352,7 +368,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     }
     state = None
     if t.save_optimizer:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        state = {"optimizer": [o.state_dict() for o in optimizers], "scheduler": [sc.state_dict() for sc in schedulers],
                  "rng": rng_state(runtime.device),
                  "trainer": {"global_step": global_step,
                              "data": {"sha256": file_sha, "epoch": stream.epoch, "offset": stream.offset}}}

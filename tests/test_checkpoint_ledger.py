@@ -47,8 +47,9 @@ def test_ledger_has_every_field(trained):
     assert ledger["config"] == cfg.to_dict()
     assert ledger["system_prompt"] == cfg.data.system_prompt   # no {date} in the default
     assert ledger["code_version"]["package"] == "0.1.0"
-    assert ledger["runtime"] == {"device": "cpu", "dtype": "float32", "attn_implementation": "sdpa",
-                                 "gradient_checkpointing": True, "optimizer": "adamw"}
+    assert ledger["runtime"] == {"device": "cpu", "dtype": "float32", "attn_implementation": "sdpa", "liger": False,
+                                 "gradient_checkpointing": True, "optimizer": "adamw", "lora": False}
+    assert ledger["optimizer_split"]["optimizer"] == "adamw" and ledger["optimizer_split"]["trainable_params"] > 0
     assert all(ledger["masking"]["checks"].values())
     ledger_bytes = (result.checkpoint / ckpt.LEDGER).stat().st_size
     assert ledger["size_bytes"] == ckpt.dir_size(result.checkpoint) - ledger_bytes
