@@ -34,3 +34,15 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     return TINY_MODEL_DIR
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests are opt-in by hardware: skipped without CUDA (their docstrings name the machine and command)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
