@@ -10,6 +10,8 @@
     dojo up [--no-run] / dojo down / dojo status    the local Prefect stack (deployments/stack.py)
     dojo queue list | add FILE [--priority high|normal|low] | priority ID LEVEL | retry ID | delete ID
     dojo lineage                              rejection stats per generator and validator
+    dojo vram [--model ID_OR_DIR] [--max-length N] [--micro-batch B] [--optimizer O] [--lora] [--liger] [--gpu G]
+                                              estimated GPU memory of a training run; exit 1 when it does not fit
 
 Every command takes ``--config FILE``. User mistakes print ``dojo: error: …`` naming the file, line, rule and
 value, and exit 2; ``pack-check`` exits 1 when a hard masking check fails.
@@ -93,7 +95,7 @@ def cmd_generate(cfg, args) -> int:
 
 
 def cmd_pack_check(cfg, args) -> int:
-    from model.chat import system_prompt_text
+    from model.profiles import resolve
     from model.loading import load_tokenizer
     from model.packing import fill_ratio, pack
     from model.train import tokenize_all
@@ -103,7 +105,8 @@ def cmd_pack_check(cfg, args) -> int:
     max_length = args.max_length or cfg.data.max_length
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     examples = read_examples(args.file)
-    tokenized = tokenize_all(examples, tokenizer, system_prompt_text(cfg.data.system_prompt))
+    profile, system_prompt = resolve(cfg.data.profile, cfg.data.system_prompt)
+    tokenized = tokenize_all(examples, tokenizer, system_prompt, profile.transform)
     rows = pack(tokenized, max_length)
     m = cfg.masking
     report = validate_rows(rows, tokenizer, Thresholds(m.min_masked_ratio, m.max_masked_ratio, m.min_span_trained))
@@ -262,6 +265,18 @@ def cmd_lineage(cfg, args) -> int:
     return 0
 
 
+def cmd_vram(cfg, args) -> int:
+    from model import vram
+
+    config = vram.load_config(args.model or cfg.model.name_or_path)
+    gpu_bytes, label = vram.parse_gpu(args.gpu) if args.gpu else (vram.detect_gpu_bytes(), "the detected GPU")
+    est = vram.estimate(config, args.max_length or cfg.data.max_length, args.micro_batch or cfg.train.micro_batch_size,
+                        args.optimizer, dtype=args.dtype, lora=args.lora, lora_rank=args.lora_rank,
+                        gradient_checkpointing=not args.no_checkpointing, liger=args.liger)
+    print(est.format(gpu_bytes, label if gpu_bytes is not None else None))
+    return 0 if gpu_bytes is None or est.fits(gpu_bytes) else 1
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -356,6 +371,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lineage", help="rejection stats per generator and validator", parents=[common])
     p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("vram", help="estimate the GPU memory of a training run (exit 1 when it does not fit)",
+                       parents=[common])
+    p.add_argument("--model", help="Qwen/Qwen3-0.6B, Qwen/Qwen3-4B or an HF model directory "
+                                   "(default: model.name_or_path)")
+    p.add_argument("--max-length", type=int, help="tokens per row (default: data.max_length)")
+    p.add_argument("--micro-batch", type=int, help="rows per forward pass (default: train.micro_batch_size)")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "paged_adamw_8bit", "muon"])
+    p.add_argument("--lora", action="store_true", help="train a LoRA adapter (q/k/v/o/gate/up/down)")
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
+    p.add_argument("--liger", action="store_true", help="Liger fused linear cross-entropy (no full logits)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--gpu", help="rtx4090, rtx3090, h100, a100-40, ... or bytes (default: the detected GPU)")
+    p.set_defaults(func=cmd_vram)
     return parser
 
 
@@ -368,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per API call drowns `dojo status`
     try:
         cfg = config_mod.load(getattr(args, "config", None))
-        if args.command not in ("config", "generate", "queue", "lineage", "up", "down", "status"):
+        if args.command not in ("config", "generate", "queue", "lineage", "up", "down", "status", "vram"):
             _quiet_libraries()
         started = time.monotonic()
         code = args.func(cfg, args)

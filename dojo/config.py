@@ -61,6 +61,9 @@ class DataConfig:
     max_length: int = doc("tokens per packed row; an example longer than this is an error, never truncated", 512)
     system_prompt: str = doc("system prompt added to examples that have none ({date} = today's date)",
                              "You are a careful assistant. Answer in exactly the format asked for.")
+    profile: Literal["none", "emoji_think", "regime3"] = doc(
+        "training profile (model/profiles.py): system prompt template, example transform, generation-time logit "
+        "processors; none = data.system_prompt as is", "none")
     val_fraction: float = doc("share of a file's examples held out for validation loss", 0.02)
     val_max_examples: int = doc("cap on held-out validation examples per file", 64)
 

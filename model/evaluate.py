@@ -17,10 +17,13 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessorList
 
 from dojo.config import Config
 from model import checkpoint as ckpt
-from model.chat import generation_prompt, system_prompt_text, with_system_prompt
+from model.chat import generation_prompt, with_system_prompt
+from model.profiles import get_profile
+from model.profiles import resolve as resolve_profile
 from model.loading import load_model, load_tokenizer, pick_runtime
 from skills import bin as bin_skill
 from skills import syllo
@@ -47,7 +50,8 @@ def resolve_checkpoint(cfg: Config, name_or_path: str) -> Path:
 
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+def greedy_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int,
+                    logits_processor=None) -> list[str]:
     """Greedy completions for rendered prompts, batched with left padding. Returns decoded new text."""
     tokenizer.padding_side = "left"
     stop = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
@@ -58,7 +62,7 @@ def greedy_generate(model, tokenizer, prompts: list[str], batch_size: int, max_n
         enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(device) for k, v in enc.items()}
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                             pad_token_id=tokenizer.pad_token_id)
+                             pad_token_id=tokenizer.pad_token_id, logits_processor=logits_processor)
         new = out[:, enc["input_ids"].shape[1]:]                 # (B, new tokens)
         outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return outputs
@@ -84,7 +88,8 @@ def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", level
     bad = [lv for lv in levels if lv not in skill.LEVELS]
     if bad:
         raise ValueError(f"--levels: {bad} not in {skill_name}'s levels {list(skill.LEVELS)}")
-    system_prompt = ledger.get("system_prompt") or system_prompt_text(cfg.data.system_prompt)
+    profile = get_profile(ledger.get("profile", "none") if ledger else cfg.data.profile)
+    system_prompt = ledger.get("system_prompt") or resolve_profile(profile.name, cfg.data.system_prompt)[1]
     runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)   # no Liger: generation only
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
     model = load_model(path, runtime, cfg.model.trust_remote_code, trainable=False, merge_adapter=True)
@@ -94,8 +99,10 @@ def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", level
         problems = skill.eval_problems(level)
         prompts = [generation_prompt(with_system_prompt(skill.to_chat(p)["messages"][:1], system_prompt), tokenizer)
                    for p in problems]
-        outputs = greedy_generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
-        scores = [skill.score(o, p) for o, p in zip(outputs, problems)]
+        processors = LogitsProcessorList(profile.logit_processors(tokenizer))
+        outputs = greedy_generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                                  processors or None)
+        scores = [skill.score(profile.answer_text(o), p) for o, p in zip(outputs, problems)]
         correct = sum(s.correct for s in scores)
         failures = [{"prompt": p.prompt, "expected": p.completion, "output": o, "reason": s.reason}
                     for p, o, s in zip(problems, outputs, scores) if not s.correct][: cfg.eval.show_failures]

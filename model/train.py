@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from dojo.config import Config
 from dojo.lineage import read_sidecar
 from model import checkpoint as ckpt
-from model.chat import IGNORE, system_prompt_text, tokenize_example, with_system_prompt
+from model.chat import IGNORE, tokenize_example, with_system_prompt
+from model.profiles import resolve as resolve_profile
 from model.loading import adapter_base, add_lora, apply_liger, load_model, load_tokenizer, pick_runtime
 from model.optimizers import build as build_optimizers
 from model.packing import PackedRow, check_lengths, collate, fill_ratio, pack
@@ -76,13 +77,15 @@ def holdout(examples: list[ChatExample], fraction: float, cap: int) -> tuple[lis
             [e for i, e in enumerate(examples) if i in chosen])
 
 
-def tokenize_all(examples: list[ChatExample], tokenizer, system_prompt: str):
+def tokenize_all(examples: list[ChatExample], tokenizer, system_prompt: str, transform=None):
+    """Render + tokenize every example exactly as training sees it (profile transform, then system prompt)."""
     from model.chat import RenderError
 
+    transform = transform or (lambda messages: list(messages))
     out, issues = [], []
     for e in examples:
         try:
-            out.append(tokenize_example(with_system_prompt(e.messages, system_prompt), tokenizer, e.source))
+            out.append(tokenize_example(with_system_prompt(transform(e.messages), system_prompt), tokenizer, e.source))
         except RenderError as exc:
             issues.append(Issue(e.file, e.line, "render", str(exc)))
     if issues:
@@ -90,10 +93,10 @@ def tokenize_all(examples: list[ChatExample], tokenizer, system_prompt: str):
     return out
 
 
-def prepare_data(cfg: Config, data_file: Path, tokenizer, system_prompt: str) -> PreparedData:
+def prepare_data(cfg: Config, data_file: Path, tokenizer, system_prompt: str, transform=None) -> PreparedData:
     """Everything between a JSONL file and checked, packed rows. Raises DataError / MaskingError."""
     examples = read_examples(data_file)
-    tokenized = tokenize_all(examples, tokenizer, system_prompt)
+    tokenized = tokenize_all(examples, tokenizer, system_prompt, transform)
     check_lengths(tokenized, cfg.data.max_length)   # every example, held-out ones included
     by_line = {e.line: t for e, t in zip(examples, tokenized)}
     train, val = holdout(examples, cfg.data.val_fraction, cfg.data.val_max_examples)
@@ -242,9 +245,9 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     log.info("chunk on %s, starting from %s", data_file, source)
 
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
-    system_prompt = system_prompt_text(cfg.data.system_prompt)
-    log.info("system prompt: %r", system_prompt)
-    data = prepare_data(cfg, data_file, tokenizer, system_prompt)
+    profile, system_prompt = resolve_profile(cfg.data.profile, cfg.data.system_prompt)
+    log.info("profile %s, system prompt: %r", profile.name, system_prompt)
+    data = prepare_data(cfg, data_file, tokenizer, system_prompt, profile.transform)
     require_ok(data.masking)
     log.info("%d examples (+%d held out) in %d rows, fill %.1f%%, masked %.1f%%", data.examples,
              data.val_examples, len(data.rows), 100 * data.fill_ratio, 100 * data.masking.masked_ratio)
@@ -363,6 +366,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         "optimizer_split": split,
         "config": cfg.to_dict(),
         "system_prompt": system_prompt,
+        "profile": profile.name,
         "code_version": ckpt.code_version(),
         "seconds": round(time.monotonic() - started, 2),
     }

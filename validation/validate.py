@@ -172,14 +172,15 @@ def validate_file(path: str | Path, cfg, depth: str | None = None, spec: str | N
     valid = {n: specs.to_messages(spec_name, r) for n, r in records.items() if n not in report.rejected}
 
     if depth in ("standard", "deep") and "too_long" not in v.disabled:
-        from model.chat import RenderError, tokenize_example, with_system_prompt, system_prompt_text
+        from model.chat import RenderError, tokenize_example, with_system_prompt
         from model.loading import load_tokenizer
+        from model.profiles import resolve
 
         tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-        system_prompt = system_prompt_text(cfg.data.system_prompt)
+        profile, system_prompt = resolve(cfg.data.profile, cfg.data.system_prompt)   # exactly what training renders
         for number, messages in valid.items():
             try:
-                n = len(tokenize_example(with_system_prompt(messages, system_prompt), tokenizer))
+                n = len(tokenize_example(with_system_prompt(profile.transform(messages), system_prompt), tokenizer))
             except RenderError as exc:
                 reject(number, "render", str(exc))
                 continue
