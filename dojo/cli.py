@@ -270,9 +270,11 @@ def cmd_vram(cfg, args) -> int:
 
     config = vram.load_config(args.model or cfg.model.name_or_path)
     gpu_bytes, label = vram.parse_gpu(args.gpu) if args.gpu else (vram.detect_gpu_bytes(), "the detected GPU")
+    # flags override; otherwise the configured run is what gets sized
     est = vram.estimate(config, args.max_length or cfg.data.max_length, args.micro_batch or cfg.train.micro_batch_size,
-                        args.optimizer, dtype=args.dtype, lora=args.lora, lora_rank=args.lora_rank,
-                        gradient_checkpointing=not args.no_checkpointing, liger=args.liger)
+                        args.optimizer or cfg.train.optimizer, dtype=args.dtype, lora=args.lora or cfg.model.lora,
+                        lora_rank=args.lora_rank, liger=args.liger or cfg.model.liger == "on",
+                        gradient_checkpointing=not args.no_checkpointing and cfg.model.gradient_checkpointing)
     print(est.format(gpu_bytes, label if gpu_bytes is not None else None))
     return 0 if gpu_bytes is None or est.fits(gpu_bytes) else 1
 
@@ -378,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(default: model.name_or_path)")
     p.add_argument("--max-length", type=int, help="tokens per row (default: data.max_length)")
     p.add_argument("--micro-batch", type=int, help="rows per forward pass (default: train.micro_batch_size)")
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "paged_adamw_8bit", "muon"])
+    p.add_argument("--optimizer", choices=["adamw", "paged_adamw_8bit", "muon"], help="default: train.optimizer")
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter (q/k/v/o/gate/up/down)")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")

@@ -215,6 +215,24 @@ def check_same_base(parent: Path, parent_ledger: dict, cfg: Config) -> None:
                          f"use another DOJO_HOME for a new base model, or set model.name_or_path back")
 
 
+def preflight_vram(cfg: Config, runtime) -> None:
+    """Refuse, with the numbers, a configuration that cannot fit the detected GPU — before an hour of training
+    ends in an out-of-memory error. Sizes the latest checkpoint's model (or the base model)."""
+    from model import vram
+
+    source = ckpt.latest_checkpoint(cfg.root) or cfg.model.name_or_path
+    base = adapter_base(source) if Path(str(source)).is_dir() else None
+    try:
+        config = vram.load_config(base or source)
+    except ValueError as exc:   # not a Qwen3 the estimator knows: say so, do not block training
+        log.warning("VRAM preflight skipped: %s", exc)
+        return
+    est = vram.preflight(config, cfg.data.max_length, cfg.train.micro_batch_size, cfg.train.optimizer,
+                         dtype=runtime.dtype, lora=cfg.model.lora, lora_rank=cfg.model.lora_rank,
+                         gradient_checkpointing=cfg.model.gradient_checkpointing, liger=runtime.liger)
+    log.info("VRAM preflight: about %.1f GiB on the GPU", est.resident_bytes / 2**30)
+
+
 def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
                 on_progress: Callable[[dict], None] | None = None) -> ChunkResult:
     """Train one chunk on ``data_file`` and write a checkpoint under ``cfg.root``. See the module docstring.
@@ -235,6 +253,8 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation, cfg.model.liger)
+    if runtime.device == "cuda":
+        preflight_vram(cfg, runtime)
     if runtime.liger:
         apply_liger()
     parent = ckpt.latest_checkpoint(cfg.root)
