@@ -1,0 +1,99 @@
+"""benchmarks/train_throughput.py: the CPU end-to-end smoke run and the FLOP formula. Speed is never asserted."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(text: str) -> dict[str, dict[str, str]]:
+    """The result table's rows by configuration, as {column header: cell}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        row = dict(zip(header, cells))
+        rows[row["configuration"]] = row
+    return rows
+
+
+def test_tiny_cpu_run_end_to_end(tmp_path):
+    out = tmp_path / "bench.md"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny", "--seq", "256", "--steps", "3",
+                           "--warmup", "1", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(proc.stdout)
+    assert set(rows) == {"dojo", "baseline"}
+    for name, row in rows.items():
+        assert row["model"] == "tiny" and row["seq"] == "256"
+        assert float(row["real tokens/s"].replace(",", "")) > 0, (name, row)
+        assert float(row["real tokens/step"].replace(",", "")) > 0
+    assert "dojo / baseline real tokens/s" in proc.stdout
+    assert "6·N + 12·n_layers·A·s_eff" in proc.stdout
+    assert out.read_text(encoding="utf-8").strip() == proc.stdout.strip()   # --out appends the same table
+
+
+def test_flops_formula_hand_computed(bench):
+    from transformers import Qwen3Config
+
+    # hidden 64, 2 layers, 4 heads x head_dim 32 (attention width 128 != hidden), 2 kv heads, MLP 128, vocab 100
+    config = Qwen3Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=32, intermediate_size=128, vocab_size=100, tie_word_embeddings=True)
+    # per layer: q 64x128 + k 64x64 + v 64x64 + o 128x64 = 24,576; gate/up/down 3 x 64x128 = 24,576
+    # N = 2 x 49,152 + lm_head 100x64 = 104,704
+    assert bench.matmul_params(config) == 104_704
+    # 6 x 104,704 + 12 x 2 layers x 128 x seq 10 = 628,224 + 30,720
+    assert bench.flops_per_token(config, 10) == 658_944
+    assert bench.flops_per_token(config, 10, recompute=True) == pytest.approx(658_944 * 4 / 3)
+
+
+def test_matmul_params_match_the_built_model(bench):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = bench.model_config("tiny")
+    model = AutoModelForCausalLM.from_config(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert bench.matmul_params(config) == linear   # lm_head is a Linear (its weight tied to the embeddings)
+
+
+def test_peak_tflops_by_gpu_name(bench):
+    assert bench.peak_tflops_for("NVIDIA H100 80GB HBM3") == 989
+    assert bench.peak_tflops_for("NVIDIA H100 PCIe") == 756
+    assert bench.peak_tflops_for("NVIDIA H200") == 989
+    assert bench.peak_tflops_for("NVIDIA A100-SXM4-80GB") == 312
+    assert bench.peak_tflops_for("NVIDIA GeForce RTX 4090") == 165
+    assert bench.peak_tflops_for("NVIDIA GeForce RTX 3090") == 71
+    assert bench.peak_tflops_for("Tesla T4") is None
+    assert bench.peak_tflops_for(None) is None
+
+
+def test_plan_gives_both_configurations_the_same_examples(bench):
+    work = bench.plan(seq=512, micro_batch=2, n_steps=6, vocab=100)
+    dojo_tokens = [sum(len(r) for r in step) for step in work["dojo"]]
+    base_tokens = [sum(len(e) for e in step) for step in work["baseline"]]
+    assert len(work["dojo"]) == len(work["baseline"]) == 6
+    assert sum(dojo_tokens) == sum(base_tokens)      # the same examples, cut differently
+    assert all(max(r.lengths) <= 256 and min(r.lengths) >= 64 for step in work["dojo"] for r in step)
+    for step in work["baseline"]:                      # about dojo's average real tokens per step
+        assert abs(sum(len(e) for e in step) - work["target_tokens"]) <= 256
+    ex = work["baseline"][0][0]
+    assert all(label == -100 for label in ex.labels[:len(ex) // 4])
+    assert list(ex.labels[len(ex) // 4:]) == list(ex.input_ids[len(ex) // 4:])
