@@ -29,11 +29,7 @@ from pathlib import Path
 import yaml
 
 from dojo import config as config_mod
-from dojo.lineage import write_sidecar
-from skills import bin as bin_skill
-from skills import syllo
-
-SKILL_MODULES = {"bin": bin_skill, "syllo": syllo}
+from dojo.generate import SKILL_MODULES, generate_file  # noqa: F401 - generate_file is part of the CLI's API
 
 
 def _quiet_libraries() -> None:
@@ -64,28 +60,6 @@ def cmd_config_show(cfg, args) -> int:
     else:
         print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), end="")
     return 0
-
-
-def generate_file(skill: str, level: int, count: int, seed: int, out: Path, force: bool = False) -> Path:
-    """Write ``count`` chat_sft_v1 examples and their sidecar. Refuses to overwrite unless ``force``."""
-    module = SKILL_MODULES[skill]
-    if level not in module.LEVELS:
-        raise ValueError(f"--level {level}: {skill} has levels {list(module.LEVELS)}")
-    if count < 1:
-        raise ValueError(f"--count must be >= 1, got {count}")
-    out = Path(out)
-    if out.exists() and not force:
-        raise ValueError(f"{out} already exists; pass --force to replace it (dojo never overwrites data silently)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for problem in module.generate(level, count, seed):
-            f.write(json.dumps(module.to_chat(problem), ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
-    write_sidecar(out, module.GENERATOR_ID, module.GENERATOR_VERSION,
-                  {"skill": skill, "level": level, "count": count, "seed": seed}, count,
-                  spec="chat_sft_v1", skill=skill, level=level)
-    return out
 
 
 def cmd_generate(cfg, args) -> int:

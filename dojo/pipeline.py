@@ -75,7 +75,7 @@ def top_up(cfg) -> list[str]:
 
 def generate_for_curriculum(cfg, count: int | None = None) -> str:
     """Choose skill and level by the curriculum strategy, generate, and admit through the gate."""
-    from dojo.cli import generate_file
+    from dojo.generate import generate_file
 
     c = cfg.curriculum
     state = curriculum.load(cfg.root, list(c.skills))
