@@ -76,15 +76,6 @@ LR = 1e-5
 MAX_GRAD_NORM = 1.0
 RESULT_PREFIX = "RESULT "
 
-# Used when model/vram.py (KNOWN_CONFIGS) is not there.
-FALLBACK_CONFIGS = {
-    "Qwen/Qwen3-0.6B": {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
-                        "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072,
-                        "vocab_size": 151936, "tie_word_embeddings": True, "attention_bias": False},
-    "Qwen/Qwen3-4B": {"hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 32,
-                      "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 9728,
-                      "vocab_size": 151936, "tie_word_embeddings": True, "attention_bias": False},
-}
 MODELS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-4b": "Qwen/Qwen3-4B", "tiny": "tiny"}
 
 # Dense bf16 tensor-core peak, TFLOP/s, matched as a substring of the GPU name (most specific first).
@@ -102,10 +93,7 @@ def model_config(name: str):
 
         return AutoConfig.from_pretrained(str(TINY_MODEL_DIR))
     key = MODELS[name]
-    try:
-        from model.vram import KNOWN_CONFIGS
-    except ImportError:
-        KNOWN_CONFIGS = FALLBACK_CONFIGS
+    from model.vram import KNOWN_CONFIGS
     config = Qwen3Config(**KNOWN_CONFIGS[key])
     config.name_or_path = key
     return config

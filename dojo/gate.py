@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dojo import lineage_stats, queue
 from dojo.lineage import read_sidecar, sidecar_path
+from dojo.storage import sha256_file
 from validation.validate import FileReport, validate_file, write_split
 
 
@@ -32,16 +33,6 @@ class Admission:
     report: str                      # the human-readable validation report
     rejected_lines: int
     rejected_path: Path | None       # failed/{stem}.rejected.jsonl when some lines were rejected
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def record(cfg, data_file: Path, report: FileReport, sha256: str) -> dict:
@@ -72,7 +63,7 @@ def admit(cfg, file: str | Path, priority: str = "normal", depth: str | None = N
             shutil.copyfile(src, staged)
         meta = read_sidecar(src)
         meta = dict(meta) if meta is not None else {"generator": None, "spec": report.spec}
-        meta["original_sha256"] = _sha256(src)
+        meta["original_sha256"] = sha256_file(src)
         meta.pop("queue", None)
         import json
 

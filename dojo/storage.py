@@ -1,10 +1,20 @@
-"""Storage-root helpers: the folder layout and an exclusive lock for work that must not run twice at once."""
+"""Storage-root helpers: content hashes and an exclusive lock for work that must not run twice at once."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 from pathlib import Path
+
+
+def sha256_file(path: str | Path) -> str:
+    """A file's identity: the sha256 of its content (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class LockedError(RuntimeError):

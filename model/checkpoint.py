@@ -12,7 +12,6 @@ Optimizer and RNG state are stored as safetensors (tensors) + JSON (everything e
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from dojo.storage import sha256_file  # noqa: F401 - part of this module's API (ledger hashes)
 from validation.model_dir import check_model_dir
 
 NAME_RE = re.compile(r"^checkpoint-(\d+)-(\d{8})-(\d{4})$")
@@ -57,14 +57,6 @@ def list_checkpoints(root: Path) -> list[Path]:
 def latest_checkpoint(root: Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dir_size(path: Path) -> int:

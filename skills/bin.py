@@ -477,12 +477,17 @@ def _partial(got: str, expected: str) -> float:
     return sum(a == b for a, b in zip(got, expected)) / longest
 
 
-def score(output: str, problem: Problem) -> Score:
-    """Score a model output against `problem` (rules in the module docstring)."""
+def strip_reasoning(output: str) -> str:
+    """A model output without think blocks and emoji runs (shared by every skill's scorer)."""
     text = _THINK_CLOSED_RE.sub("", output)
     text = _THINK_OPEN_RE.sub("", text)
     text = _THINK_ORPHAN_CLOSE_RE.sub("", text)
-    text = _EMOJI_RE.sub("", text)
+    return _EMOJI_RE.sub("", text)
+
+
+def score(output: str, problem: Problem) -> Score:
+    """Score a model output against `problem` (rules in the module docstring)."""
+    text = strip_reasoning(output)
 
     line = next((ln for ln in text.splitlines() if ln.strip()), None)
     if line is None:

@@ -77,6 +77,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from skills.bin import strip_reasoning
+
 GENERATOR_ID = "syllo"
 GENERATOR_VERSION = "1.0.0"
 SKILL = "syllo"
@@ -455,34 +457,11 @@ class Score:
     reason: str
 
 
-_THINK_CLOSED_RE = re.compile(r"<think>.*?</think>", re.DOTALL)
-_THINK_OPEN_RE = re.compile(r"<think>.*\Z", re.DOTALL)
-# A lone "</think>" means the opener was part of the chat template's prompt:
-# everything before it is reasoning.
-_THINK_ORPHAN_CLOSE_RE = re.compile(r"\A.*</think>", re.DOTALL)
-
-# Pictographic emoji and their glue (as in BIN).
-_EMOJI_RE = re.compile(
-    "["
-    "\U0001F000-\U0001FAFF"
-    "\u2300-\u23FF"
-    "\u2600-\u27BF"
-    "\u2B00-\u2BFF"
-    "\uFE00-\uFE0F"
-    "\u200D"
-    "\u20E3"
-    "\U000E0020-\U000E007F"
-    "]+"
-)
-
 _DECODER = json.JSONDecoder()
 
 
 def _clean(output: str) -> str:
-    text = _THINK_CLOSED_RE.sub("", output)
-    text = _THINK_OPEN_RE.sub("", text)
-    text = _THINK_ORPHAN_CLOSE_RE.sub("", text)
-    return _EMOJI_RE.sub("", text)
+    return strip_reasoning(output)   # the same think/emoji stripping as BIN
 
 
 def _first_answer_object(text: str) -> dict | None:
