@@ -24,6 +24,18 @@ def dojo_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model gains nothing from intra-op threads, and on a busy 2-core CI box OpenMP spin-waiting makes
+    model-heavy test modules ~10x slower; restore the setting afterwards so other modules are unaffected."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from model.loading import load_tokenizer

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from dojo.config import from_dict
 from model.chat import IGNORE, system_prompt_text, tokenize_example, with_system_prompt
@@ -16,14 +15,7 @@ from tests.helpers import chat, write_jsonl
 from validation.masking import CHECKS, MaskingError, Thresholds, require_ok, validate_rows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model gains nothing from intra-op threads, and on a busy 2-core CI box OpenMP spin-waiting makes
-    these tests ~10x slower; restore the setting afterwards so other modules are unaffected."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SYSTEM = system_prompt_text(from_dict({}).data.system_prompt)

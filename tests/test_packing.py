@@ -16,14 +16,7 @@ from skills import bin as B
 from validation.errors import DataError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model gains nothing from intra-op threads, and on a busy 2-core CI box OpenMP spin-waiting makes
-    these tests ~10x slower; restore the setting afterwards so other modules are unaffected."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SYSTEM = "You are a careful assistant. Answer in exactly the format asked for."
