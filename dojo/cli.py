@@ -29,7 +29,8 @@ from pathlib import Path
 import yaml
 
 from dojo import config as config_mod
-from dojo.generate import SKILL_MODULES, generate_file  # noqa: F401 - generate_file is part of the CLI's API
+from dojo.generate import generate_file  # noqa: F401 - generate_file is part of the CLI's API
+from skills import SKILLS
 
 
 def _quiet_libraries() -> None:
@@ -69,24 +70,25 @@ def cmd_generate(cfg, args) -> int:
 
 
 def cmd_pack_check(cfg, args) -> int:
-    from model.profiles import resolve
+    import dataclasses
+
+    from model.data import tokenize_file
     from model.loading import load_tokenizer
     from model.packing import fill_ratio, pack
-    from model.train import tokenize_all
-    from validation.validate import read_examples
     from validation.masking import Thresholds, validate_rows
 
     max_length = args.max_length or cfg.data.max_length
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=max_length))
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    examples = read_examples(args.file)
-    profile, system_prompt = resolve(cfg.data.profile, cfg.data.system_prompt)
-    tokenized = tokenize_all(examples, tokenizer, system_prompt, profile.transform)
+    report, tokenized = tokenize_file(cfg, args.file, tokenizer)
     rows = pack(tokenized, max_length)
     m = cfg.masking
-    report = validate_rows(rows, tokenizer, Thresholds(m.min_masked_ratio, m.max_masked_ratio, m.min_span_trained))
-    print(f"{args.file}: {len(examples)} examples → {len(rows)} rows of ≤ {max_length} tokens")
-    print(f"fill ratio {fill_ratio(rows, max_length):.3f}, masked ratio {report.masked_ratio:.3f}")
-    print(report.format())
+    masking = validate_rows(rows, tokenizer, Thresholds(m.min_masked_ratio, m.max_masked_ratio))
+    print(f"{args.file}: {len(report.accepted_lines)} lines → {len(tokenized)} examples (data.multi_turn "
+          f"{cfg.data.multi_turn}) → {len(rows)} rows of ≤ {max_length} tokens")
+    print(f"the chat template rewrote {report.rewritten_turns} assistant turn(s) (trained as rendered)")
+    print(f"fill ratio {fill_ratio(rows, max_length):.3f}, masked ratio {masking.masked_ratio:.3f}")
+    print(masking.format())
     if args.dump:
         with open(args.dump, "w", encoding="utf-8") as f:
             for i, row in enumerate(rows):
@@ -94,14 +96,14 @@ def cmd_pack_check(cfg, args) -> int:
                                     "input_ids": row.input_ids, "labels": row.labels,
                                     "position_ids": row.position_ids}) + "\n")
         print(f"dumped {len(rows)} rows to {args.dump}")
-    print("verdict:", "OK" if report.ok else "FAIL (hard masking check failed; training would refuse this file)")
-    return 0 if report.ok else 1
+    print("verdict:", "OK" if masking.ok else "FAIL (hard masking check failed; training would refuse this file)")
+    return 0 if masking.ok else 1
 
 
 def cmd_validate(cfg, args) -> int:
-    from validation.validate import validate_file
+    from model.data import check_file
 
-    report = validate_file(args.file, cfg, depth=args.depth, spec=args.spec)
+    report, _ = check_file(args.file, cfg, depth=args.depth, spec=args.spec)
     print(report.format(limit=args.show))
     return 0 if report.accepted else 1
 
@@ -192,8 +194,6 @@ def cmd_queue_list(cfg, args) -> int:
 
 
 def cmd_queue_add(cfg, args) -> int:
-    from dojo import queue
-
     from dojo.gate import admit
 
     a = admit(cfg, args.file, priority=args.priority)
@@ -217,9 +217,10 @@ def cmd_queue_priority(cfg, args) -> int:
 
 def cmd_queue_retry(cfg, args) -> int:
     from dojo import queue
-    from validation.validate import validate_file
+    from dojo.gate import gate_depth
+    from model.data import check_file
 
-    e = queue.retry(cfg, args.id, lambda path: validate_file(path, cfg))
+    e = queue.retry(cfg, args.id, lambda path: check_file(path, cfg, gate_depth(cfg, None))[0])
     print(f"{e.id} {e.name} passed validation and is queued again at priority {e.priority}")
     return 0
 
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
 
     p = sub.add_parser("generate", help="generate a skill's training data", parents=[common])
-    p.add_argument("--skill", required=True, choices=sorted(SKILL_MODULES))
+    p.add_argument("--skill", required=True, choices=sorted(SKILLS))
     p.add_argument("--level", required=True, type=int)
     p.add_argument("--count", required=True, type=int)
     p.add_argument("--seed", required=True, type=int)
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a skill's eval sets", parents=[common])
     p.add_argument("checkpoint", help="checkpoint path, name under checkpoints/, or 'latest'")
-    p.add_argument("--skill", default="bin", choices=sorted(SKILL_MODULES))
+    p.add_argument("--skill", default="bin", choices=sorted(SKILLS))
     p.add_argument("--levels", type=_levels, help="comma-separated, e.g. 1,2 (default: up to the trained level)")
     p.set_defaults(func=cmd_eval)
 

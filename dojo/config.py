@@ -40,6 +40,9 @@ class StorageConfig:
 class ModelConfig:
     name_or_path: str = doc("base model: an HF model directory or hub id; default is the built-in tiny Qwen3",
                             str(TINY_MODEL_DIR))
+    init: Literal["pretrained", "random"] = doc(
+        "weights of a new lineage: pretrained = from name_or_path; random = seeded (train.seed) from its config.json",
+        "pretrained")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
         "weights/compute dtype; auto = bfloat16 on CUDA with bf16 support, else float32", "auto")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = doc(
@@ -64,6 +67,10 @@ class DataConfig:
     profile: Literal["none", "emoji_think", "regime3"] = doc(
         "training profile (model/profiles.py): system prompt template, example transform, generation-time logit "
         "processors; none = data.system_prompt as is", "none")
+    multi_turn: Literal["auto", "rendered", "expand"] = doc(
+        "multi-turn policy: rendered = one example, every assistant turn trained as the template renders it; "
+        "expand = one example per assistant turn (its reasoning kept); auto = expand only when the template "
+        "drops a turn's reasoning", "auto")
     val_fraction: float = doc("share of a file's examples held out for validation loss", 0.02)
     val_max_examples: int = doc("cap on held-out validation examples per file", 64)
 
@@ -94,9 +101,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MaskingConfig:
-    min_masked_ratio: float = doc("lowest allowed share of label=-100 tokens among real tokens", 0.30)
-    max_masked_ratio: float = doc("highest allowed share of label=-100 tokens among real tokens", 0.85)
-    min_span_trained: float = doc("share of each assistant span that must be trained", 0.90)
+    min_masked_ratio: float = doc("warn when the share of label=-100 tokens is below this (never refuses)", 0.10)
+    max_masked_ratio: float = doc("warn when the share of label=-100 tokens is above this (never refuses)", 0.98)
     check_rows: int = doc("packed rows checked before training (0 = all)", 0)
 
 
@@ -208,7 +214,6 @@ def _check_values(cfg: Config) -> None:
         ("masking.min_masked_ratio", 0.0 <= cfg.masking.min_masked_ratio <= 1.0, "a number in [0, 1]"),
         ("masking.max_masked_ratio", cfg.masking.min_masked_ratio <= cfg.masking.max_masked_ratio <= 1.0,
          "a number in [masking.min_masked_ratio, 1]"),
-        ("masking.min_span_trained", 0.0 < cfg.masking.min_span_trained <= 1.0, "a number in (0, 1]"),
         ("masking.check_rows", cfg.masking.check_rows >= 0, "an integer >= 0"),
         ("eval.batch_size", cfg.eval.batch_size >= 1, "an integer >= 1"),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens >= 1, "an integer >= 1"),
@@ -238,12 +243,12 @@ def _check_values(cfg: Config) -> None:
         ("validation.max_length_ratio", cfg.validation.max_length_ratio > cfg.validation.min_length_ratio,
          "a number > validation.min_length_ratio"),
     ]
-    from skills.curriculum import SKILL_MODULES
+    from skills import SKILLS
 
-    unknown = [s for s in cfg.curriculum.skills if s not in SKILL_MODULES]
+    unknown = [s for s in cfg.curriculum.skills if s not in SKILLS]
     if unknown:
         raise ValueError(f"config curriculum.skills: {unknown[0]!r} is not allowed; use skills from "
-                         f"{', '.join(SKILL_MODULES)}")
+                         f"{', '.join(SKILLS)}")
     from validation.content import DISABLEABLE, DOWNGRADABLE
 
     for key, names, known in (("validation.warnings", cfg.validation.warnings, DOWNGRADABLE),

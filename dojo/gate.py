@@ -1,8 +1,11 @@
 """The gate in front of training: validate a file, record its lineage, and admit it to the queue or turn it
 away — keeping every line either way.
 
-``admit`` validates at the configured depth (``validation/validate.py``), writes the outcome into the file's
-sidecar and the lineage statistics, then:
+``admit`` copies the file into a private staging folder first and checks the copy (so a file appended to
+meanwhile cannot queue lines that were never checked), at the configured depth but never below STANDARD
+(``model/data.py``: the one reader and rule set, every line rendered and tokenized once, the tokenized cache
+written for the file that is queued). It writes the outcome — with the verdict key that lets the claim reuse it
+— into the sidecar and the lineage statistics, then:
 
 - accepted with no bad lines: the file is queued as it is;
 - accepted with some bad lines (valid share ≥ ``validation.accept_ratio``): the valid lines are queued (a new
@@ -14,6 +17,7 @@ The user's own file is never moved or modified.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -23,7 +27,7 @@ from pathlib import Path
 from dojo import lineage_stats, queue
 from dojo.lineage import read_sidecar, sidecar_path
 from dojo.storage import sha256_file
-from validation.validate import FileReport, validate_file, write_split
+from validation.validate import FileReport, write_split
 
 
 @dataclass(frozen=True)
@@ -35,41 +39,66 @@ class Admission:
     rejected_path: Path | None       # failed/{stem}.rejected.jsonl when some lines were rejected
 
 
-def record(cfg, data_file: Path, report: FileReport, sha256: str) -> dict:
+def record(cfg, data_file: Path, report: FileReport, sha256: str, extra: dict | None = None) -> dict:
     """Sidecar + lineage statistics for one validation; returns the validation dict."""
     from dojo.lineage import record_validation
 
-    validation = {**report.to_dict(), "sha256": sha256}
+    validation = {**report.to_dict(), "sha256": sha256, **(extra or {})}
     meta = record_validation(data_file, validation)
     lineage_stats.record(cfg, meta, validation)
     return validation
 
 
+def gate_depth(cfg, depth: str | None) -> str:
+    """The depth of the gate in front of training: never below STANDARD, because training renders and
+    tokenizes every line anyway, and a line the gate accepts must never be refused by training."""
+    depth = depth or cfg.validation.depth
+    return "standard" if depth == "quick" else depth
+
+
 def admit(cfg, file: str | Path, priority: str = "normal", depth: str | None = None, tokenizer=None) -> Admission:
+    """Copy ``file`` in, check the copy (so what is queued is exactly what was checked), and queue it."""
+    from model import data
+
     src = Path(file)
     if not src.is_file():
         raise ValueError(f"{src}: no such file")
     queue.sanitize_name(src.name)          # refuse a bad name before doing any work
-    report = validate_file(src, cfg, depth, tokenizer=tokenizer)
+    meta = read_sidecar(src)               # a broken sidecar is an error, before any work
     staging = Path(cfg.root) / "state" / "staging" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
+    build = None
     try:
         staged = staging / src.name
-        rejected = staging / f"{src.stem}.rejected.jsonl"
-        partial = report.accepted and bool(report.rejected)
-        if partial:
-            write_split(report, src, staged, rejected)
-        else:
-            shutil.copyfile(src, staged)
-        meta = read_sidecar(src)
-        meta = dict(meta) if meta is not None else {"generator": None, "spec": report.spec}
-        meta["original_sha256"] = sha256_file(src)
+        shutil.copyfile(src, staged)
+        original_sha = sha256_file(staged)
+        meta = dict(meta) if meta is not None else {"generator": None}
         meta.pop("queue", None)
-        import json
+        meta.pop("validation", None)
+        meta["original_sha256"] = original_sha
+        _write_sidecar(staged, meta)
+        if tokenizer is None:
+            from model.loading import load_tokenizer
 
-        sidecar_path(staged).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        record(cfg, staged, report, meta["original_sha256"])
-        entry = queue.add(cfg, staged, priority)
+            tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+        report, build = data.check_file(staged, cfg, gate_depth(cfg, depth), tokenizer=tokenizer, build_cache=True)
+        meta.setdefault("spec", report.spec)
+        _write_sidecar(staged, meta)
+        partial = report.accepted and bool(report.rejected)
+        queued_file, rejected = staged, staging / f"{src.stem}.rejected.jsonl"
+        if partial:
+            queued_file = staging / "split" / src.name
+            queued_file.parent.mkdir()
+            write_split(report, staged, queued_file, rejected)
+            _write_sidecar(queued_file, meta)
+        queued_sha = sha256_file(queued_file) if partial else original_sha
+        if report.accepted:
+            data.commit_cache(cfg, build, tokenizer, queued_sha, str(src))
+        elif build is not None:
+            build.discard()
+        build = None
+        record(cfg, queued_file, report, queued_sha, {"verdict_key": data.verdict_key(cfg)})
+        entry = queue.add(cfg, queued_file, priority)
         rejected_path = None
         if partial:
             failed = Path(cfg.root) / "failed"
@@ -80,4 +109,10 @@ def admit(cfg, file: str | Path, priority: str = "normal", depth: str | None = N
             entry = queue.reject(cfg, entry.id, report.format(limit=50))
         return Admission(entry, report.accepted, report.format(), len(report.rejected), rejected_path)
     finally:
+        if build is not None:
+            build.discard()
         shutil.rmtree(staging, ignore_errors=True)   # our own staging copies, never user data
+
+
+def _write_sidecar(data_file: Path, meta: dict) -> None:
+    sidecar_path(data_file).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -7,15 +7,12 @@ import os
 from pathlib import Path
 
 from dojo.lineage import write_sidecar
-from skills import bin as bin_skill
-from skills import syllo
-
-SKILL_MODULES = {"bin": bin_skill, "syllo": syllo}
+import skills
 
 
 def generate_file(skill: str, level: int, count: int, seed: int, out: Path, force: bool = False) -> Path:
     """Write ``count`` chat_sft_v1 examples and their sidecar. Refuses to overwrite unless ``force``."""
-    module = SKILL_MODULES[skill]
+    module = skills.get(skill)
     if level not in module.LEVELS:
         raise ValueError(f"--level {level}: {skill} has levels {list(module.LEVELS)}")
     if count < 1:

@@ -1,15 +1,18 @@
 """Lineage statistics: how good is each generator's data, and how strict is each validator?
 
-``state/lineage.json`` under the storage root keeps one record per data file (keyed by the file's sha256) with
-each validator@version's verdict on it, and the aggregates recomputed from those records on every write:
+``state/lineage.json`` under the storage root keeps one record per data file with each validator@version's
+verdict on it, and the aggregates recomputed from those records on every write:
 
 * per generator@version: files, examples, accepted, rejected, rejection_rate, rejections by rule,
   files accepted/rejected, first_seen/last_seen;
 * per validator@version: files, examples checked, rejected, rejection_rate, rejections by rule, files rejected.
 
-Recording the same file again replaces its record (never adds to it), so ``record`` is idempotent. A file
-checked by two validator versions counts once for each validator; its generator counts it once, with the
-latest verdict. Writes are atomic and happen under ``storage.exclusive_lock``.
+A record is keyed by the file's identity: the sha256 of the file the user gave (the sidecar's
+``original_sha256``), else the file's own sha256, so the gate's admission of a partly rejected file and the
+claim-time re-check of its split copy are one file. Recording the same file again replaces its record (never
+adds to it), so ``record`` is idempotent. A file checked by two validator versions counts once for each
+validator; its generator counts it once, with the latest verdict. Writes are atomic and happen under
+``storage.exclusive_lock``.
 
 ``answers`` says which generator is worst, which validator is the most aggressive and, per generator,
 whether the rejection rate rose with its latest version. ``dojo lineage`` prints ``format_table``.
@@ -116,11 +119,14 @@ def record(cfg, sidecar: dict | None, validation: dict) -> dict:
 
     ``validation``: {"sha256", "validator": "name@version", "depth", "total", "accepted", "rejected",
     "rejected_by_rule": {rule: n}, "warnings_by_rule": {rule: n}, "outcome", optional "file"}. The
-    generator comes from the sidecar ("unknown" without one). Recording the same sha256 with the same validator
-    again replaces the earlier record."""
+    generator comes from the sidecar ("unknown" without one). The file's identity is the sidecar's
+    ``original_sha256`` (the user's file, when this is the gate's copy or split of it), else ``sha256``;
+    recording the same identity with the same validator again replaces the earlier verdict."""
     sha = validation.get("sha256")
     if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise ValueError(f"lineage record: validation['sha256'] must be the file's 64-hex sha256, got {sha!r}")
+    original = (sidecar or {}).get("original_sha256")
+    identity = original if isinstance(original, str) and re.fullmatch(r"[0-9a-f]{64}", original) else sha
     validator = validation.get("validator")
     if not isinstance(validator, str) or not validator.strip():
         raise ValueError(f"lineage record: validation['validator'] must name the validator@version, got {validator!r}")
@@ -138,10 +144,10 @@ def record(cfg, sidecar: dict | None, validation: dict) -> dict:
     sidecar = sidecar or {}
     with _locked(cfg):
         data = load(cfg)
-        old = data["files"].get(sha) or {}
+        old = data["files"].get(identity) or {}
         data["seq"] = verdict["seq"] = int(data.get("seq") or 0) + 1   # orders verdicts when clocks tie
         name = validation.get("file") or old.get("name") or (sidecar.get("queue") or {}).get("original_path")
-        data["files"][sha] = {
+        data["files"][identity] = {
             "name": None if name is None else Path(str(name)).name,
             "generator": generator_name(sidecar),
             # when the generator made it; else when we first saw it (kept across re-records)

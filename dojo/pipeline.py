@@ -35,6 +35,7 @@ class GateOutcome:
     train_file: str | None     # what to train (the claimed file, or its valid lines when some were rejected)
     validation: dict           # FileReport.to_dict() + sha256
     report: str
+    train_sha256: str | None = None   # content hash of train_file (so training does not hash it again)
 
 
 # ---------------------------------------------------------------- queue side
@@ -49,11 +50,17 @@ def lineage_files(cfg) -> set[str]:
 def recover_orphans(cfg) -> list[str]:
     """Files left in processing/ by a run that died (SIGKILL, power loss). Call only while holding the
     continuous-loop lock, so no live run owns them. A file whose chunk reached a checkpoint is finished as
-    done (it must not be trained twice into the lineage); any other goes back to its queue."""
+    done (it must not be trained twice into the lineage); one whose sidecar is broken goes to failed/ with the
+    reason; any other goes back to its queue."""
     trained = lineage_files(cfg)
     out = []
     for entry in [e for e in queue.list_entries(cfg) if e.state == "processing"]:
-        meta = read_sidecar(entry.path) or {}
+        try:
+            meta = read_sidecar(entry.path) or {}
+        except ValueError as exc:   # a broken sidecar: keep both files as they are, in failed/
+            queue.finish(cfg, entry.id, "failed", f"recovered from processing/: {exc}")
+            out.append(f"{entry.id} {entry.name}: its sidecar is broken; moved to failed/ ({exc})")
+            continue
         shas = {entry.sha256, meta.get("train_sha256")}
         if shas & trained:
             queue.finish(cfg, entry.id, "done")
@@ -102,32 +109,65 @@ def claim(cfg) -> Claimed | None:
     return Claimed(entry.id, entry.name, str(entry.path), entry.sha256, meta.get("skill"), meta.get("level"))
 
 
+def reusable_verdict(cfg, claimed: Claimed, meta: dict) -> dict | None:
+    """The admission verdict in the sidecar, when it still holds: the same content (sha256), the same validator
+    version and the same deciding config (``model.data.verdict_key``), accepted with no rejected line."""
+    from model.data import verdict_key
+
+    v = meta.get("validation")
+    if not isinstance(v, dict):
+        return None
+    from validation.validate import VALIDATOR
+
+    same = (v.get("sha256") == claimed.sha256 and v.get("validator") == VALIDATOR
+            and v.get("verdict_key") == verdict_key(cfg) and v.get("outcome") == "accepted" and not v.get("rejected"))
+    return v if same else None
+
+
 def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> GateOutcome:
-    """Validate the claimed file again (files can be dropped into queue/ by hand, and configs change).
-    Rejected → failed/ with the report. Partly rejected → train only the valid lines; the rejected ones are
-    kept in failed/ with reasons."""
-    from validation.validate import validate_file, write_split
+    """The claim-time gate. The admission verdict is reused when it still holds (``reusable_verdict``); a file
+    dropped into queue/ by hand, or one checked under another config or validator, is checked again (and its
+    tokenized cache built). Rejected → failed/ with the report. Partly rejected → train only the valid lines;
+    the rejected ones are kept in failed/ with reasons."""
+    from model import data
+    from validation.validate import write_split
 
     path = Path(claimed.path)
-    report = validate_file(path, cfg, tokenizer=tokenizer)
-    validation = gate.record(cfg, path, report, claimed.sha256)
+    meta = read_sidecar(path) or {}
+    reused = reusable_verdict(cfg, claimed, meta)
+    if reused is not None:
+        return GateOutcome(True, str(path), reused, f"{claimed.name}: admission verdict reused ({reused['validator']}, "
+                                                    f"{reused['accepted']}/{reused['total']} lines valid)",
+                           claimed.sha256)
+    if tokenizer is None:
+        from model.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    report, build = data.check_file(path, cfg, gate.gate_depth(cfg, None), tokenizer=tokenizer, build_cache=True)
     if not report.accepted:
+        if build is not None:
+            build.discard()
+        validation = gate.record(cfg, path, report, claimed.sha256)
         queue.finish(cfg, claimed.id, "failed", report.format(limit=50))
         return GateOutcome(False, None, validation, report.format())
-    train_file = path
+    train_file, train_sha = path, claimed.sha256
     if report.rejected:
         failed = Path(cfg.root) / "failed"
         failed.mkdir(parents=True, exist_ok=True)
         train_file = path.with_name(f".train-{path.name}")
         write_split(report, path, train_file, failed / f"{path.stem}.rejected.jsonl")
         shutil.copyfile(path.with_name(path.stem + ".meta.json"), train_file.with_name(train_file.stem + ".meta.json"))
-        from dojo.lineage import sidecar_path
-        from model.checkpoint import sha256_file
+        from dojo.storage import sha256_file
 
+        train_sha = sha256_file(train_file)
         meta = read_sidecar(path) or {}
-        meta["train_sha256"] = sha256_file(train_file)   # what the lineage will record (see recover_orphans)
+        meta["train_sha256"] = train_sha    # what the lineage will record (see recover_orphans)
+        from dojo.lineage import sidecar_path
+
         sidecar_path(path).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return GateOutcome(True, str(train_file), validation, report.format())
+    data.commit_cache(cfg, build, tokenizer, train_sha, str(path))
+    validation = gate.record(cfg, path, report, claimed.sha256, {"verdict_key": data.verdict_key(cfg)})
+    return GateOutcome(True, str(train_file), validation, report.format(), train_sha)
 
 
 def finish_trained(cfg, claimed: Claimed, outcome: GateOutcome) -> None:

@@ -9,7 +9,8 @@ A data file ``NAME.jsonl`` always travels with its companions ``NAME.meta.json``
 its ID is the first 12 hex characters. The state of a file is the folder its data file is in.
 
 Moves are ``os.rename`` on one filesystem (atomic) and idempotent: asking for a move that has already happened
-returns the entry unchanged. Nothing is deleted: ``delete`` moves to ``trash/`` (retention empties it).
+returns the entry unchanged. Nothing is deleted: ``delete`` moves to ``trash/``, which is kept until retention
+(not built yet; a later issue) or until the user removes it.
 
 Order of a move, and why: the **data file is renamed first** -- that rename is the commit point and the
 claim, so of two processes moving the same file exactly one wins, and only the winner then moves the
@@ -139,6 +140,16 @@ def _safe_meta(data: Path) -> dict | None:
         return read_sidecar(data)
     except ValueError:
         return None
+
+
+def _sidecar_error(data: Path) -> str | None:
+    """Why the sidecar of ``data`` cannot be read (the message names the sidecar file and the JSON error), or
+    None when it is readable or absent."""
+    try:
+        read_sidecar(data)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _entry(path: Path, state: str, priority: str | None, now: dt.datetime) -> QueueEntry:
@@ -290,7 +301,12 @@ def _move(cfg, entry: QueueEntry, state: str, priority: str | None = None, reaso
           event: str = "moved") -> QueueEntry:
     """Move ``entry`` (data first, then its companions) into ``state``; call with the lock held.
 
-    Raises _Gone when the data file is not where ``entry`` says (someone else moved it)."""
+    Raises _Gone when the data file is not where ``entry`` says (someone else moved it). A broken sidecar
+    (e.g. written by hand) is kept byte-for-byte and nothing is recorded in it, so such a file may only go to
+    failed/ or trash/; any other move is refused (ValueError) before anything is renamed."""
+    broken = _sidecar_error(entry.path)
+    if broken is not None and state not in ("failed", "trash"):
+        raise ValueError(f"{entry.id} ({entry.name}): {broken}; fix the sidecar (or delete it), then try again")
     folder = _folder(cfg, state, priority)
     folder.mkdir(parents=True, exist_ok=True)
     src = entry.path
@@ -309,6 +325,8 @@ def _move(cfg, entry: QueueEntry, state: str, priority: str | None = None, reaso
         tmp = folder / f".{dest.stem}{REASON}.tmp-{os.getpid()}"
         tmp.write_text(reason.rstrip("\n") + "\n", encoding="utf-8")
         os.replace(tmp, _companion(dest, REASON))
+    if broken is not None:
+        return _entry(dest, state, None, _now())
     record = {"at": _iso(_now()), "event": event, "from": entry.state, "to": state}
     if reason is not None:
         record["reason"] = reason
@@ -393,7 +411,8 @@ def set_priority(cfg, file_id: str, priority: str) -> QueueEntry:
 
 
 def delete(cfg, file_id: str) -> QueueEntry:
-    """Move an entry to trash/ (nothing is deleted; retention empties trash). Refused while it is being trained."""
+    """Move an entry to trash/ (nothing is deleted; trash/ is kept until retention, not built yet, or the user
+    removes it). Refused while it is being trained."""
     with _lock(cfg):
         entry = find(cfg, file_id)
         if entry.state == "processing":
@@ -435,9 +454,17 @@ def retry(cfg, file_id: str, validate: Callable) -> QueueEntry:
 
 def claim_from(cfg, candidates: list[QueueEntry]) -> QueueEntry | None:
     """Claim the first of ``candidates`` still there by renaming it into processing/; a rename that fails
-    means another claimer won that file, so try the next. Call with the lock held."""
+    means another claimer won that file, so try the next. A file whose sidecar is broken (dropped into queue/
+    by hand) is not claimed: it goes to failed/ with a reason, both files unchanged, and the next is tried.
+    Call with the lock held."""
     for entry in candidates:
         try:
+            broken = _sidecar_error(entry.path)
+            if broken is not None:
+                _move(cfg, entry, "failed", event="rejected",
+                      reason=f"not claimed for training: {broken}\nThe data file and its sidecar are kept "
+                             f"unchanged; fix the sidecar (or delete it), then `dojo queue retry {entry.id}`.")
+                continue
             return _move(cfg, entry, "processing", event="claimed")
         except _Gone:
             continue

@@ -36,7 +36,7 @@ def continuous(max_chunks: int = -1, max_hours: float = -1.0, steps_per_chunk: i
             if not outcome.accepted:
                 continue
             try:
-                summary = t.train_chunk(cfg, outcome.train_file, steps or None)
+                summary = t.train_chunk(cfg, outcome.train_file, steps or None, outcome.train_sha256)
             except Exception as exc:      # this file failed; the loop goes on unless it keeps failing
                 t.fail(cfg, claimed, f"training failed: {exc!r}")
                 failures += 1

@@ -25,13 +25,9 @@ from model.chat import generation_prompt, with_system_prompt
 from model.profiles import get_profile
 from model.profiles import resolve as resolve_profile
 from model.loading import load_model, load_tokenizer, pick_runtime
-from skills import bin as bin_skill
-from skills import syllo
+import skills
 
 log = logging.getLogger("dojo.eval")
-
-# Skill name -> module with LEVELS, GENERATOR_ID/VERSION, eval_problems, covers_space, problem_space_size, score.
-SKILLS = {"bin": bin_skill, "syllo": syllo}
 
 
 def resolve_checkpoint(cfg: Config, name_or_path: str) -> Path:
@@ -77,9 +73,7 @@ def eval_set_note(skill, level: int) -> str:
 
 def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", levels: list[int] | None = None) -> dict:
     """Score ``checkpoint`` on the eval sets of ``levels``; write the report and the ledger. Returns the report."""
-    if skill_name not in SKILLS:
-        raise ValueError(f"unknown skill {skill_name!r}; known: {', '.join(SKILLS)}")
-    skill = SKILLS[skill_name]
+    skill = skills.get(skill_name)
     path = resolve_checkpoint(cfg, str(checkpoint))
     ledger = ckpt.read_ledger(path) if (path / ckpt.LEDGER).exists() else {}
     if levels is None:

@@ -1,10 +1,16 @@
 """Loading a model and its tokenizer: one path for the built-in tiny model, an HF directory, a hub id, or a
 dojo checkpoint. Chooses device, dtype and attention kernel, and says what it chose (the trainer records it).
+
+``init="random"`` builds fresh seeded weights from a directory's ``config.json`` (``model.init: random``), so a
+directory holding only a config and a tokenizer trains; ``make_small_qwen3_dir`` writes such a directory (the
+real Qwen3 tokenizer and chat template on a tiny random Qwen3) for tests and benchmarks.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,26 +89,57 @@ def adapter_base(path: str | Path) -> str | None:
     return json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
 
 
+def has_weights(path: str | Path) -> bool:
+    """Whether a local model directory holds weights (safetensors or pickle, one file or sharded)."""
+    return any(p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json") for p in Path(path).iterdir())
+
+
+def random_model(name_or_path: str | Path, runtime: Runtime, trust_remote_code: bool = False, seed: int = 0):
+    """A causal LM with fresh weights built from ``name_or_path``'s config.json (no weights read), in the
+    runtime's dtype and attention kernel. Seeded: the same seed gives the same weights; the caller's RNG state is
+    left as it was."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    with torch.random.fork_rng(devices=[]):   # weights are initialised on the CPU, before .to(device)
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, runtime.dtype),
+                                                attn_implementation=runtime.attn_implementation,
+                                                trust_remote_code=trust_remote_code)
+
+
 def load_model(name_or_path: str | Path, runtime: Runtime, trust_remote_code: bool = False,
-               trainable: bool = True, merge_adapter: bool = False):
+               trainable: bool = True, merge_adapter: bool = False, init: str = "pretrained", seed: int = 0):
     """Load a causal LM (a full model, or base + LoRA adapter when ``name_or_path`` is an adapter directory) with
     the chosen dtype and attention kernel, on the chosen device. ``merge_adapter`` folds an adapter into the
-    weights (for generation); otherwise the adapter stays trainable when ``trainable``."""
+    weights (for generation); otherwise the adapter stays trainable when ``trainable``. ``init="random"`` ignores
+    any weights and builds seeded random ones from the config (``random_model``); it never applies to an adapter.
+    """
     from transformers import AutoModelForCausalLM
 
     base = adapter_base(name_or_path) if Path(str(name_or_path)).is_dir() else None
-    model = AutoModelForCausalLM.from_pretrained(
-        str(base or name_or_path), dtype=getattr(torch, runtime.dtype),
-        attn_implementation=runtime.attn_implementation, trust_remote_code=trust_remote_code)
+    if init == "random":
+        if base:
+            raise ValueError(f"{name_or_path} is a LoRA adapter; model.init: random applies only to a base model")
+        model = random_model(name_or_path, runtime, trust_remote_code, seed)
+    else:
+        weights_dir = Path(str(base or name_or_path))
+        if weights_dir.is_dir() and not has_weights(weights_dir):
+            raise ValueError(f"model directory {weights_dir} has no weights (model.safetensors or shards); to train "
+                             f"it from random weights built from its config.json, set model.init: random")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(weights_dir), dtype=getattr(torch, runtime.dtype),
+            attn_implementation=runtime.attn_implementation, trust_remote_code=trust_remote_code)
     if base:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(name_or_path), is_trainable=trainable and not merge_adapter)
         if merge_adapter:
             model = model.merge_and_unload()
-    log.info("loaded %s%s: %.2fM parameters, %s, %s, attention=%s", name_or_path,
-             f" (LoRA adapter on {base})" if base else "", sum(p.numel() for p in model.parameters()) / 1e6,
-             runtime.device, runtime.dtype, runtime.attn_implementation)
+    log.info("loaded %s%s%s: %.2fM parameters, %s, %s, attention=%s", name_or_path,
+             f" (LoRA adapter on {base})" if base else "", f" (random init, seed {seed})" if init == "random" else "",
+             sum(p.numel() for p in model.parameters()) / 1e6, runtime.device, runtime.dtype,
+             runtime.attn_implementation)
     return model.to(runtime.device)
 
 
@@ -133,3 +170,32 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path) -> Path:
     model.save_pretrained(out)
     load_tokenizer(adapter_dir).save_pretrained(out)
     return out
+
+
+# ---------------------------------------------------------------- a tiny random Qwen3 with the real tokenizer
+SMALL_QWEN3 = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True}
+QWEN3_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                         "generation_config.json", "chat_template.jinja")
+
+
+def make_small_qwen3_dir(dest: Path, source: Path, **sizes) -> Path:
+    """Write a weightless model directory at ``dest``: ``source``'s tokenizer files (and chat template) copied,
+    and its config.json with ``SMALL_QWEN3`` sizes, overridden by ``sizes`` (keys of that config.json); vocab and
+    everything else kept. Train it with ``model.init: random``. ``source`` is a Qwen3 directory such as
+    ``Qwen/Qwen3-0.6B`` downloaded without weights."""
+    dest, source = Path(dest), Path(source)
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    if not (source / "tokenizer.json").is_file():
+        raise ValueError(f"make_small_qwen3_dir: {source} has no tokenizer.json")
+    unknown = sorted(set(sizes) - set(config))
+    if unknown:
+        raise ValueError(f"make_small_qwen3_dir: {', '.join(unknown)} not in {source / 'config.json'}; "
+                         f"use keys from {', '.join(sorted(config))}")
+    config.update(SMALL_QWEN3 | sizes)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in QWEN3_TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, dest / name)
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return dest

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from model.chat import IGNORE, TokenizedExample
@@ -27,6 +28,8 @@ class PackedRow:
     position_ids: tuple[int, ...]
     examples: tuple[int, ...]     # indices into the example list, in row order
     lengths: tuple[int, ...]      # token count of each packed example
+    trained_tokens: tuple[int, ...] = ()   # each example's assistant tokens (the exact masking check)
+    trained_turns: tuple[int, ...] = ()    # each example's trained assistant turns
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -68,19 +71,48 @@ def pack_bfd(lengths: list[int], max_length: int) -> list[list[int]]:
     return bins
 
 
+def build_row(members, examples) -> PackedRow:
+    """One packed row from its member indices and the examples they index (anything with ``input_ids``,
+    ``labels``, ``trained_tokens`` and ``trained_turns``)."""
+    ids, labels, positions = [], [], []
+    for i in members:
+        ex = examples[i]
+        ids.extend(ex.input_ids)
+        labels.extend(ex.labels)
+        positions.extend(range(len(ex.input_ids)))
+    return PackedRow(tuple(ids), tuple(labels), tuple(positions), tuple(members),
+                     tuple(len(examples[i].input_ids) for i in members),
+                     tuple(examples[i].trained_tokens for i in members),
+                     tuple(examples[i].trained_turns for i in members))
+
+
 def pack(examples: list[TokenizedExample], max_length: int) -> list[PackedRow]:
     """Pack examples into rows of at most ``max_length`` tokens (raises DataError on over-long ones)."""
     check_lengths(examples, max_length)
-    rows = []
-    for members in pack_bfd([len(e) for e in examples], max_length):
-        ids, labels, positions = [], [], []
-        for i in members:
-            ids.extend(examples[i].input_ids)
-            labels.extend(examples[i].labels)
-            positions.extend(range(len(examples[i])))
-        rows.append(PackedRow(tuple(ids), tuple(labels), tuple(positions), tuple(members),
-                              tuple(len(examples[i]) for i in members)))
-    return rows
+    return [build_row(members, examples) for members in pack_bfd([len(e) for e in examples], max_length)]
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """A packing as flat arrays (no Python list per row): row i holds examples ``order[starts[i]:starts[i+1]]``."""
+    order: np.ndarray     # (n_examples,) int64
+    starts: np.ndarray    # (n_rows + 1,) int64
+
+    @classmethod
+    def from_bins(cls, bins: list[list[int]]) -> "PackPlan":
+        order = np.fromiter((i for b in bins for i in b), dtype=np.int64, count=sum(len(b) for b in bins))
+        starts = np.zeros(len(bins) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in bins], out=starts[1:])
+        return cls(order, starts)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def members(self, row: int) -> np.ndarray:
+        return self.order[self.starts[row]:self.starts[row + 1]]
+
+    def tokens(self, lengths: np.ndarray) -> int:
+        return int(lengths[self.order].sum())
 
 
 def collate(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor]:

@@ -6,16 +6,16 @@ and write a new checkpoint with its ledger.
 Exact resume: a chunk restores weights, optimizer, LR schedule, global step, RNG and the position in the data
 (when the file is the one the previous chunk was reading), so two chunks of N steps equal one chunk of 2N steps.
 
-Data path: read + QUICK-check the JSONL (a bad line refuses the file), hold out a few examples for validation
-loss (chosen by content hash, so the same ones every chunk), render with the chat template, pack
-best-fit-decreasing, run the five masking validators on the packed rows (a hard failure refuses to train),
-then stream rows in a seeded order, epoch after epoch.
+Data path (``model/data.py``): the file's tokenized cache entry — written by the gate when it queued the file,
+or built here by the gate's own STANDARD check, strict (a bad line refuses the file) — then a few examples held
+out for validation loss (by content hash, the same ones every chunk), best-fit-decreasing packing, and the
+masking validators on the real packed rows (a structural fault refuses to train; the plan and the verdict are
+cached with the entry). Rows are built on demand from the memory-mapped examples, in a seeded order, epoch
+after epoch.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import random
@@ -30,15 +30,13 @@ import torch.nn.functional as F
 from dojo.config import Config
 from dojo.lineage import read_sidecar
 from model import checkpoint as ckpt
-from model.chat import IGNORE, tokenize_example, with_system_prompt
+from model.chat import IGNORE
+from model.data import PreparedData, prepare
 from model.profiles import resolve as resolve_profile
 from model.loading import adapter_base, add_lora, apply_liger, load_model, load_tokenizer, pick_runtime
 from model.optimizers import build as build_optimizers
-from model.packing import PackedRow, check_lengths, collate, fill_ratio, pack
-from validation.chat import ChatExample
-from validation.errors import DataError, Issue
-from validation.masking import MaskingReport, Thresholds, require_ok, validate_rows
-from validation.validate import read_examples
+from model.packing import PackedRow, collate
+from validation.masking import require_ok
 
 log = logging.getLogger("dojo.train")
 
@@ -53,59 +51,6 @@ class ChunkResult:
     examples_trained: int
     tokens_trained: int
     seconds: float
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    rows: list[PackedRow]
-    val_rows: list[PackedRow]
-    examples: int
-    val_examples: int
-    masking: MaskingReport
-    fill_ratio: float
-
-
-# ---------------------------------------------------------------- data
-def holdout(examples: list[ChatExample], fraction: float, cap: int) -> tuple[list, list]:
-    """Split off validation examples: the ones with the smallest content hash (stable across chunks)."""
-    n_val = min(cap, int(len(examples) * fraction))
-    if n_val == 0:
-        return list(examples), []
-    digest = [hashlib.sha256(json.dumps(e.messages, sort_keys=True).encode()).hexdigest() for e in examples]
-    chosen = set(sorted(range(len(examples)), key=lambda i: digest[i])[:n_val])
-    return ([e for i, e in enumerate(examples) if i not in chosen],
-            [e for i, e in enumerate(examples) if i in chosen])
-
-
-def tokenize_all(examples: list[ChatExample], tokenizer, system_prompt: str, transform=None):
-    """Render + tokenize every example exactly as training sees it (profile transform, then system prompt)."""
-    from model.chat import RenderError
-
-    transform = transform or (lambda messages: list(messages))
-    out, issues = [], []
-    for e in examples:
-        try:
-            out.append(tokenize_example(with_system_prompt(transform(e.messages), system_prompt), tokenizer, e.source))
-        except RenderError as exc:
-            issues.append(Issue(e.file, e.line, "render", str(exc)))
-    if issues:
-        raise DataError(issues)
-    return out
-
-
-def prepare_data(cfg: Config, data_file: Path, tokenizer, system_prompt: str, transform=None) -> PreparedData:
-    """Everything between a JSONL file and checked, packed rows. Raises DataError / MaskingError."""
-    examples = read_examples(data_file)
-    tokenized = tokenize_all(examples, tokenizer, system_prompt, transform)
-    check_lengths(tokenized, cfg.data.max_length)   # every example, held-out ones included
-    by_line = {e.line: t for e, t in zip(examples, tokenized)}
-    train, val = holdout(examples, cfg.data.val_fraction, cfg.data.val_max_examples)
-    rows = pack([by_line[e.line] for e in train], cfg.data.max_length)
-    val_rows = pack([by_line[e.line] for e in val], cfg.data.max_length) if val else []
-    m = cfg.masking
-    report = validate_rows(rows, tokenizer, Thresholds(m.min_masked_ratio, m.max_masked_ratio, m.min_span_trained),
-                           limit=m.check_rows)
-    return PreparedData(rows, val_rows, len(train), len(val), report, fill_ratio(rows, cfg.data.max_length))
 
 
 class RowStream:
@@ -234,7 +179,7 @@ def preflight_vram(cfg: Config, runtime) -> None:
 
 
 def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
-                on_progress: Callable[[dict], None] | None = None) -> ChunkResult:
+                on_progress: Callable[[dict], None] | None = None, sha256: str | None = None) -> ChunkResult:
     """Train one chunk on ``data_file`` and write a checkpoint under ``cfg.root``. See the module docstring.
 
     Only one chunk trains per storage root at a time (an flock under ``state/``): two would fork the lineage.
@@ -242,11 +187,11 @@ def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
     from dojo.storage import exclusive_lock
 
     with exclusive_lock(cfg.root / "state" / "train.lock", "a training chunk"):
-        return _train_chunk(cfg, Path(data_file), steps, on_progress)
+        return _train_chunk(cfg, Path(data_file), steps, on_progress, sha256)
 
 
 def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
-                 on_progress: Callable[[dict], None] | None) -> ChunkResult:
+                 on_progress: Callable[[dict], None] | None, sha256: str | None) -> ChunkResult:
     from accelerate import Accelerator
 
     started = time.monotonic()
@@ -267,13 +212,17 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     profile, system_prompt = resolve_profile(cfg.data.profile, cfg.data.system_prompt)
     log.info("profile %s, system prompt: %r", profile.name, system_prompt)
-    data = prepare_data(cfg, data_file, tokenizer, system_prompt, profile.transform)
+    data: PreparedData = prepare(cfg, data_file, tokenizer, sha256)
+    file_sha = data.data.meta["sha256"]
     require_ok(data.masking)
-    log.info("%d examples (+%d held out) in %d rows, fill %.1f%%, masked %.1f%%", data.examples,
-             data.val_examples, len(data.rows), 100 * data.fill_ratio, 100 * data.masking.masked_ratio)
-    file_sha = ckpt.sha256_file(data_file)
+    for warning in data.masking.warnings:
+        log.warning("masking: %s", warning)
+    log.info("%d examples (+%d held out) in %d rows, fill %.1f%%, masked %.1f%%, %d turn(s) rewritten by the "
+             "template", data.examples, data.val_examples, data.n_rows, 100 * data.fill_ratio,
+             100 * data.masking.masked_ratio, data.rewritten_turns)
 
-    model = load_model(source, runtime, cfg.model.trust_remote_code)
+    model = load_model(source, runtime, cfg.model.trust_remote_code,
+                       init="pretrained" if parent else cfg.model.init, seed=cfg.train.seed)
     is_adapter = adapter_base(source) is not None
     if is_adapter and not cfg.model.lora:
         raise ValueError(f"the latest checkpoint {Path(source).name} is a LoRA adapter but config model.lora is "
@@ -315,15 +264,15 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     model, *optimizers = accelerator.prepare(model, *optimizers)
     rows_per_step = t.micro_batch_size * t.grad_accum
     if steps is None:
-        steps = max(1, math.ceil(t.epochs * len(data.rows) / rows_per_step))
-    stream = RowStream(len(data.rows), t.seed, epoch, offset)
+        steps = max(1, math.ceil(t.epochs * data.n_rows / rows_per_step))
+    stream = RowStream(data.n_rows, t.seed, epoch, offset)
     pad_id = tokenizer.pad_token_id
 
     chunk_loss = chunk_tokens = window_loss = window_tokens = 0.0
     examples_trained = 0
     window_start = time.monotonic()
     for i in range(steps):
-        picked = [data.rows[j] for j in stream.take(rows_per_step)]
+        picked = data.rows(stream.take(rows_per_step))
         micro = [picked[k:k + t.micro_batch_size] for k in range(0, len(picked), t.micro_batch_size)]
         batches = [{k: v.to(accelerator.device) for k, v in collate(m, pad_id).items()} for m in micro]
         n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
@@ -355,7 +304,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
             window_start = time.monotonic()
 
     raw_model = accelerator.unwrap_model(model)
-    val_loss = evaluate_loss(raw_model, data.val_rows, pad_id, t.micro_batch_size, runtime.device)
+    val_loss = evaluate_loss(raw_model, data.val_rows(), pad_id, t.micro_batch_size, runtime.device)
     meta = read_sidecar(data_file) or {}
     file_record = {"path": str(data_file.resolve()), "sha256": file_sha, "examples": data.examples,
                    "val_examples": data.val_examples, "generator": meta.get("generator"),
@@ -367,6 +316,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         "parent": parent.name if parent else None,
         "base_model": parent_ledger.get("base_model", cfg.model.name_or_path),
         "base_model_identity": parent_ledger.get("base_model_identity", model_identity(cfg.model.name_or_path)),
+        "init": parent_ledger.get("init", "pretrained") if parent else cfg.model.init,   # how the lineage began
         "train_loss": chunk_loss / max(1, chunk_tokens),
         "val_loss": val_loss,
         "learning_rate": schedulers[-1].get_last_lr()[0],
@@ -380,7 +330,9 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         "tokens_trained": int(chunk_tokens),
         "steps_in_chunk": steps,
         "masking": {"masked_ratio": data.masking.masked_ratio, "fill_ratio": data.fill_ratio,
-                    "checks": {c.name: c.passed for c in data.masking.checks}},
+                    "checks": {c.name: c.passed for c in data.masking.checks if not c.warning_only},
+                    "warnings": data.masking.warnings, "rewritten_turns": data.rewritten_turns,
+                    "multi_turn": cfg.data.multi_turn},
         "runtime": dataclasses.asdict(runtime) | {"gradient_checkpointing": cfg.model.gradient_checkpointing,
                                                    "optimizer": t.optimizer, "lora": cfg.model.lora},
         "optimizer_split": split,

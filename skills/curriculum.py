@@ -17,15 +17,7 @@ import os
 import random
 from pathlib import Path
 
-from skills import bin as bin_skill
-
-SKILL_MODULES = {"bin": bin_skill}
-try:  # SYLLO registers itself when present
-    from skills import syllo as _syllo
-
-    SKILL_MODULES["syllo"] = _syllo
-except ImportError:  # pragma: no cover - only while SYLLO is not installed
-    pass
+from skills import SKILLS
 
 WINDOW = 3
 THRESHOLD = 0.80
@@ -37,9 +29,9 @@ def state_path(root: Path) -> Path:
 
 
 def new_state(skills: list[str]) -> dict:
-    unknown = [s for s in skills if s not in SKILL_MODULES]
+    unknown = [s for s in skills if s not in SKILLS]
     if unknown:
-        raise ValueError(f"unknown skill(s) {unknown}; known: {', '.join(SKILL_MODULES)}")
+        raise ValueError(f"unknown skill(s) {unknown}; known: {', '.join(SKILLS)}")
     return {"version": 1, "turn": 0,
             "skills": {s: {"level": 0, "history": [], "advanced_at": []} for s in skills}}
 
@@ -63,7 +55,7 @@ def save(root: Path, state: dict) -> None:
 
 def training_level(state: dict, skill: str) -> int:
     """The level being trained: one above the highest mastered, capped at the skill's top level."""
-    top = max(SKILL_MODULES[skill].LEVELS)
+    top = max(SKILLS[skill].LEVELS)
     return min(state["skills"][skill]["level"] + 1, top)
 
 
@@ -82,7 +74,7 @@ def record_eval(state: dict, skill: str, level: int, accuracy: float, checkpoint
     since = s["advanced_at"][-1] if s["advanced_at"] else 0
     recent = [h["accuracy"] for h in s["history"][since:] if h["level"] == level][-window:]
     # 1e-9: a mean of exactly the threshold (e.g. .5 .95 .95) must not fail on float rounding
-    if len(recent) < window or sum(recent) / window < threshold - 1e-9 or s["level"] >= max(SKILL_MODULES[skill].LEVELS):
+    if len(recent) < window or sum(recent) / window < threshold - 1e-9 or s["level"] >= max(SKILLS[skill].LEVELS):
         return None
     s["level"] = level
     s["advanced_at"].append(len(s["history"]))
@@ -91,7 +83,7 @@ def record_eval(state: dict, skill: str, level: int, accuracy: float, checkpoint
 
 
 def mastered(state: dict, skill: str) -> bool:
-    return state["skills"][skill]["level"] >= max(SKILL_MODULES[skill].LEVELS)
+    return state["skills"][skill]["level"] >= max(SKILLS[skill].LEVELS)
 
 
 def choose_skill(state: dict, strategy: str, priority: list[str], weights: dict[str, float] | None = None,

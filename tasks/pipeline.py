@@ -60,7 +60,7 @@ def gate(cfg, claimed: pipeline.Claimed) -> pipeline.GateOutcome:
 
 
 @task(**OPTS)
-def train_chunk(cfg, train_file: str, steps: int | None) -> dict:
+def train_chunk(cfg, train_file: str, steps: int | None, sha256: str | None = None) -> dict:
     """One chunk; a progress artifact while it trains and the masking report after."""
     from model.train import train_chunk as run_chunk
     from validation.masking import MaskingError
@@ -73,7 +73,7 @@ def train_chunk(cfg, train_file: str, steps: int | None) -> dict:
         logger.info("step %d (%d/%d) loss %.4f lr %.2e", p["step"], p["chunk_step"], p["chunk_steps"], p["loss"], p["lr"])
 
     try:
-        result = run_chunk(cfg, train_file, steps=steps, on_progress=on_progress)
+        result = run_chunk(cfg, train_file, steps=steps, on_progress=on_progress, sha256=sha256)
     except MaskingError as exc:
         create_markdown_artifact(key="masking-report", markdown=f"# Masking FAILED\n\n```\n{exc.report.format()}\n```")
         raise
@@ -82,9 +82,11 @@ def train_chunk(cfg, train_file: str, steps: int | None) -> dict:
     ledger = read_ledger(result.checkpoint)
     m = ledger["masking"]
     checks = "\n".join(f"| {name} | {'PASS' if ok else 'FAIL'} |" for name, ok in m["checks"].items())
+    warnings = "".join(f"\n- warning: {w}" for w in m.get("warnings", []))
     create_markdown_artifact(key="masking-report", markdown=(
         f"# Masking report: {result.checkpoint.name}\n\nmasked ratio {m['masked_ratio']:.3f}, fill ratio "
-        f"{m['fill_ratio']:.3f}\n\n| check | verdict |\n|---|---|\n{checks}\n"))
+        f"{m['fill_ratio']:.3f}, multi-turn policy {m.get('multi_turn')}, {m.get('rewritten_turns', 0)} assistant "
+        f"turn(s) rewritten by the chat template{warnings}\n\n| check | verdict |\n|---|---|\n{checks}\n"))
     summary = asdict(result)
     summary["checkpoint"] = str(result.checkpoint)
     return summary
@@ -100,13 +102,6 @@ def fail(cfg, claimed: pipeline.Claimed, reason: str) -> None:
     from dojo import queue
 
     queue.finish(cfg, claimed.id, "failed", reason)
-
-
-@task(**OPTS)
-def release(cfg, claimed: pipeline.Claimed) -> None:
-    from dojo import queue
-
-    queue.release(cfg, claimed.id)
 
 
 @task(**OPTS)

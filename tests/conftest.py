@@ -13,6 +13,10 @@ import pytest  # noqa: E402
 
 from dojo.config import TINY_MODEL_DIR  # noqa: E402
 
+# The real Qwen3 tokenizer, chat template and Qwen3-0.6B config.json (no weights), kept outside the repo.
+QWEN3_DIR = Path(os.environ.get("DOJO_QWEN3_TOKENIZER")
+                 or Path(__file__).resolve().parent.parent.parent / "shared" / "qwen3-tokenizer")
+
 
 @pytest.fixture(autouse=True)
 def dojo_home(tmp_path, monkeypatch):
@@ -46,6 +50,30 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     return TINY_MODEL_DIR
+
+
+def _require_qwen3_dir() -> Path:
+    if not (QWEN3_DIR / "tokenizer.json").is_file():
+        pytest.skip(f"the real Qwen3 tokenizer is not at {QWEN3_DIR} (set $DOJO_QWEN3_TOKENIZER to a folder with "
+                    f"Qwen3's tokenizer files and config.json)")
+    return QWEN3_DIR
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    """The real Qwen3 tokenizer and chat template (skipped when QWEN3_DIR is absent)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(_require_qwen3_dir()))
+
+
+@pytest.fixture(scope="session")
+def qwen3_small_dir(tmp_path_factory) -> Path:
+    """A weightless model directory: the real Qwen3 tokenizer and template, and a tiny Qwen3 config.json (hidden
+    64, 2 layers, real vocab). Train it with ``model.init: random``."""
+    from model.loading import make_small_qwen3_dir
+
+    return make_small_qwen3_dir(tmp_path_factory.mktemp("qwen3-small"), _require_qwen3_dir())
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,7 +17,7 @@ import yaml
 
 from dojo import cli
 from dojo import config as C
-from validation.validate import validate_file
+from model.data import validate_file
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 MANIFEST: dict[str, dict] = json.loads((BAD / "EXPECTED.json").read_text(encoding="utf-8"))

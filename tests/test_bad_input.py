@@ -1,5 +1,5 @@
 """Bad input is refused loudly and whole: every problem names the file, the line and the rule; nothing is dropped,
-truncated or modified; no checkpoint is written. Checked at three levels: ``validation.chat.read_chat_file``,
+truncated or modified; no checkpoint is written. Checked at three levels: the one reader (``validation.validate.read_examples``),
 ``model.train.train_chunk`` and the ``dojo`` CLI (in-process, plus one real subprocess)."""
 from __future__ import annotations
 
@@ -16,8 +16,17 @@ from dojo import config as C
 from model.chat import system_prompt_text, tokenize_example, with_system_prompt
 from model.train import train_chunk
 from tests.helpers import chat, write_jsonl
-from validation.chat import read_chat_file
 from validation.errors import DataError
+from validation.validate import read_examples
+
+
+def read_chat_file(path):
+    """The one reader, strict, on a file without a sidecar read as chat_sft_v1: [(line, messages)]."""
+    return read_examples(path, C.load(), "chat_sft_v1")
+
+
+def v1(rule: str) -> str:
+    return f"{rule}@1"
 
 LONG_ANSWER = " ".join(["word"] * 100)     # ~140 tokens with the default system prompt
 
@@ -112,7 +121,7 @@ def test_read_chat_file_names_file_line_rule(tmp_path, name):
     with pytest.raises(DataError) as info:
         read_chat_file(path)
     issues = info.value.issues
-    assert [(i.file, i.line, i.rule) for i in issues] == [(str(path), line, rule)]
+    assert [(i.file, i.line, i.rule) for i in issues] == [(str(path), line, v1(rule))]
     assert issues[0].message
     assert where(path, line, rule) in str(info.value)
     assert sha256(path) == before
@@ -138,16 +147,17 @@ def test_all_bad_lines_are_reported_not_only_the_first(tmp_path):
                                               good(5)])
     with pytest.raises(DataError) as info:
         read_chat_file(path)
-    assert [(i.line, i.rule) for i in info.value.issues] == [(2, "json_syntax"), (4, "unknown_role")]
-    assert info.value.rules == ["json_syntax", "unknown_role"]
+    assert [(i.line, i.rule) for i in info.value.issues] == [(2, "json_syntax@1"), (4, "unknown_role@1")]
+    assert info.value.rules == ["json_syntax@1", "unknown_role@1"]
 
 
-def test_every_problem_of_one_line_is_reported(tmp_path):
+def test_a_line_is_reported_under_its_first_rule(tmp_path):
+    """One root cause per line: the first rule it breaks, in the spec's declared order."""
     bad = {"messages": [{"role": "bot", "content": "a"}, {"role": "assistant", "content": ""}]}
     path = write_lines(tmp_path / "f.jsonl", [good(1), bad])
     with pytest.raises(DataError) as info:
         read_chat_file(path)
-    assert [(i.line, i.rule) for i in info.value.issues] == [(2, "unknown_role"), (2, "empty_assistant")]
+    assert [(i.line, i.rule) for i in info.value.issues] == [(2, "unknown_role@1")]
 
 
 def test_many_issues_are_all_kept_even_when_the_message_is_capped(tmp_path):
@@ -161,21 +171,20 @@ def test_many_issues_are_all_kept_even_when_the_message_is_capped(tmp_path):
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError) as info:
         read_chat_file(tmp_path / "nope.jsonl")
-    assert info.value.rules == ["unreadable"]
+    assert info.value.rules == ["unreadable@1"]
 
 
 def test_blank_lines_are_tolerated_and_line_numbers_kept(tmp_path):
     path = write_lines(tmp_path / "f.jsonl", ["", good(1), "   ", "", good(2), "\t", good(3)])
     examples = read_chat_file(path)
-    assert [e.line for e in examples] == [2, 5, 7]
-    assert [e.messages for e in examples] == [tuple(good(i)["messages"]) for i in (1, 2, 3)]
-    assert examples[0].source == f"{path}:2"
+    assert [line for line, _ in examples] == [2, 5, 7]
+    assert [m for _, m in examples] == [good(i)["messages"] for i in (1, 2, 3)]
 
 
 def test_crlf_and_missing_final_newline_are_fine(tmp_path):
     path = tmp_path / "f.jsonl"
     path.write_bytes((json.dumps(good(1)) + "\r\n" + json.dumps(good(2))).encode())
-    assert [e.line for e in read_chat_file(path)] == [1, 2]
+    assert [line for line, _ in read_chat_file(path)] == [1, 2]
 
 
 def test_valid_file_is_read_whole_and_untouched(tmp_path):
@@ -185,8 +194,8 @@ def test_valid_file_is_read_whole_and_untouched(tmp_path):
     path = write_jsonl(tmp_path / "f.jsonl", records)
     before = sha256(path)
     examples = read_chat_file(path)
-    assert len(examples) == 20 and [e.line for e in examples] == list(range(1, 21))
-    assert examples[4].messages == tuple(records[4]["messages"])
+    assert len(examples) == 20 and [line for line, _ in examples] == list(range(1, 21))
+    assert examples[4][1] == records[4]["messages"]
     assert sha256(path) == before
 
 
@@ -198,7 +207,7 @@ def test_train_chunk_refuses_and_writes_nothing(tmp_path, dojo_home, name):
     before = snapshot(path.parent)
     with pytest.raises(DataError) as info:
         train_chunk(C.load(), path, steps=1)
-    assert [(i.file, i.line, i.rule) for i in info.value.issues] == [(str(path), line, rule)]
+    assert [(i.file, i.line, i.rule) for i in info.value.issues] == [(str(path), line, v1(rule))]
     assert snapshot(path.parent) == before
     assert no_checkpoints(dojo_home)
 
@@ -213,7 +222,7 @@ def test_train_chunk_too_long_names_line_and_token_count(tmp_path, dojo_home, sh
     with pytest.raises(DataError) as info:
         train_chunk(short_rows, path, steps=1)
     (issue,) = info.value.issues
-    assert (issue.file, issue.line, issue.rule, issue.value) == (str(path), 3, "too_long", str(n))
+    assert (issue.file, issue.line, issue.rule, issue.value) == (str(path), 3, "too_long@1", str(n))
     assert f"{n} tokens" in issue.message and "max_length=64" in issue.message
     assert snapshot(path.parent) == before          # not truncated in place, no sidecar, no temp file
     assert no_checkpoints(dojo_home)
@@ -224,7 +233,7 @@ def test_train_chunk_reports_every_too_long_line(tmp_path, dojo_home, short_rows
     path = write_jsonl(tmp_path / "long.jsonl", [good(1), long, good(3), long, good(5)])
     with pytest.raises(DataError) as info:
         train_chunk(short_rows, path, steps=1)
-    assert [(i.line, i.rule) for i in info.value.issues] == [(2, "too_long"), (4, "too_long")]
+    assert [(i.line, i.rule) for i in info.value.issues] == [(2, "too_long@1"), (4, "too_long@1")]
     assert no_checkpoints(dojo_home)
 
 
@@ -240,7 +249,7 @@ def test_train_chunk_reports_all_bad_lines(tmp_path, dojo_home):
     path = write_lines(tmp_path / "f.jsonl", [good(1), "{not json", good(3), chat(("user", "hi")), good(5)])
     with pytest.raises(DataError) as info:
         train_chunk(C.load(), path, steps=1)
-    assert [(i.line, i.rule) for i in info.value.issues] == [(2, "json_syntax"), (4, "no_assistant")]
+    assert [(i.line, i.rule) for i in info.value.issues] == [(2, "json_syntax@1"), (4, "no_assistant@1")]
     assert no_checkpoints(dojo_home)
 
 
@@ -294,7 +303,7 @@ def test_cli_too_long_names_token_count(tmp_path, dojo_home, short_rows, capsys)
     code, _, err = run_cli(capsys, "train", path, "--steps", "1")
     assert code == 2
     assert where(path, 3, "too_long") in err
-    assert "tokens, longer than data.max_length=64" in err
+    assert "tokens after rendering, longer than data.max_length=64" in err
     assert sha256(path) == before and no_checkpoints(dojo_home)
     # pack-check refuses it the same way, and --max-length overrides the config
     assert run_cli(capsys, "pack-check", path)[0] == 2

@@ -18,7 +18,11 @@ from dojo import cli
 from dojo import config as C
 from skills import bin as B
 from tests.helpers import chat, write_jsonl
-from validation.chat import read_chat_file
+from validation.validate import read_examples
+
+
+def read_chat_file(path):
+    return read_examples(path, C.load())
 from validation.masking import CHECKS
 
 IGNORE = -100
@@ -59,12 +63,12 @@ def test_generate_writes_valid_chat_and_sidecar(tmp_path, capsys):
     assert len(lines) == 50 and all(lines)
     examples = read_chat_file(out)                         # the chat_sft_v1 structural check
     assert len(examples) == 50
-    for e in examples:
-        assert [m["role"] for m in e.messages] == ["user", "assistant"]
-        problem = B.parse_prompt(e.messages[0]["content"])
+    for _, messages in examples:
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+        problem = B.parse_prompt(messages[0]["content"])
         assert problem is not None and problem.op in ("add", "subtract")
         assert all(0 <= a <= 10 for a in problem.args)
-        assert B.score(e.messages[1]["content"], problem).correct   # the answers are right
+        assert B.score(messages[1]["content"], problem).correct   # the answers are right
     assert [json.loads(line) for line in lines] == [B.to_chat(p) for p in B.generate(1, 50, 3)]
 
     meta = json.loads(sidecar_of(out).read_text(encoding="utf-8"))
@@ -154,10 +158,11 @@ def test_pack_check_passes_on_generated_data(bin_file, capsys):
     assert m, out
     fill, masked = float(m.group(1)), float(m.group(2))
     assert 0.5 < fill <= 1.0 and 0.30 <= masked <= 0.85
-    assert re.search(r"50 examples → \d+ rows of ≤ 512 tokens", out)
-    for name in CHECKS:
+    assert re.search(r"50 lines → 50 examples \(data.multi_turn auto\) → \d+ rows of ≤ 512 tokens", out)
+    assert "the chat template rewrote 0 assistant turn(s)" in out
+    for name in ("masked_ratio", *CHECKS):
         assert re.search(rf"\[PASS\] {name}:", out), f"{name} not PASS:\n{out}"
-    assert len(CHECKS) == 5 and "FAIL" not in out
+    assert len(CHECKS) == 6 and "FAIL" not in out and "WARN" not in out
     assert "verdict: OK" in out
 
 
@@ -184,29 +189,46 @@ def test_pack_check_dump(bin_file, tmp_path, capsys):
     assert sorted(sources, key=lambda s: int(s.rpartition(":")[2])) == [f"{bin_file}:{k}" for k in range(1, 51)]
 
 
-def test_pack_check_fails_when_answers_dwarf_prompts(tmp_path, capsys):
+def test_pack_check_only_warns_when_answers_dwarf_prompts(tmp_path, capsys):
     answer = " ".join(["word"] * 200)
     path = write_jsonl(tmp_path / "long.jsonl", [chat(("user", f"q{i}"), ("assistant", answer)) for i in range(6)])
-    code, out, _ = run_cli(capsys, "pack-check", path)
-    assert code == 1
+    cfg = tmp_path / "band.yaml"
+    cfg.write_text("masking:\n  min_masked_ratio: 0.30\n", encoding="utf-8")
+    code, out, _ = run_cli(capsys, "pack-check", path, "--config", cfg)
+    assert code == 0
     masked = float(re.search(r"masked ratio ([0-9.]+)", out).group(1))
     assert masked < 0.30
-    assert "[FAIL] masked_ratio" in out and "verdict: FAIL" in out
+    assert "[WARN] masked_ratio" in out and "verdict: OK" in out
 
 
-def test_pack_check_fails_when_prompts_dwarf_answers(tmp_path, capsys):
-    path = write_jsonl(tmp_path / "short.jsonl", [chat(("user", f"q{i}"), ("assistant", "y")) for i in range(6)])
+def test_pack_check_classification_shaped_file_passes(tmp_path, capsys):
+    """97% prompt (long text, one-word label) is real SFT data: warned about, never refused."""
+    text = "The service was slow and the food arrived cold. " * 12
+    path = write_jsonl(tmp_path / "cls.jsonl", [chat(("user", f"Review {i}: {text}\nPositive or negative?"),
+                                                     ("assistant", "negative")) for i in range(6)])
     code, out, _ = run_cli(capsys, "pack-check", path)
-    assert code == 1
-    assert float(re.search(r"masked ratio ([0-9.]+)", out).group(1)) > 0.85
-    assert "[FAIL] masked_ratio" in out and "verdict: FAIL" in out
+    assert code == 0, out
+    assert float(re.search(r"masked ratio ([0-9.]+)", out).group(1)) > 0.95
+    assert "[WARN] masked_ratio" in out and "verdict: OK" in out
+
+
+def test_pack_check_says_how_many_turns_the_real_template_rewrote(tmp_path, capsys, qwen3_small_dir):
+    think = chat(("user", "Is 7 prime?"), ("assistant", "<think>\nOnly 1 and 7 divide it.\n</think>\n\nYes."),
+                 ("user", "And 9?"), ("assistant", "<think>\n3 divides it.\n</think>\n\nNo."))
+    path = write_jsonl(tmp_path / "think.jsonl", [think] * 3)
+    cfg = tmp_path / "qwen3.yaml"
+    cfg.write_text(f"model:\n  name_or_path: {qwen3_small_dir}\n  init: random\n", encoding="utf-8")
+    code, out, _ = run_cli(capsys, "pack-check", path, "--config", cfg)
+    assert code == 0, out
+    assert "3 lines → 6 examples (data.multi_turn auto)" in out
+    assert "the chat template rewrote 3 assistant turn(s)" in out     # turn 1's reasoning dropped in history
 
 
 def test_pack_check_thresholds_come_from_config(tmp_path, capsys):
     answer = " ".join(["word"] * 200)
     path = write_jsonl(tmp_path / "long.jsonl", [chat(("user", f"q{i}"), ("assistant", answer)) for i in range(6)])
     cfg = tmp_path / "loose.yaml"
-    cfg.write_text("masking:\n  min_masked_ratio: 0.05\n", encoding="utf-8")
+    cfg.write_text("masking:\n  min_masked_ratio: 0.01\n", encoding="utf-8")
     code, out, _ = run_cli(capsys, "pack-check", path, "--config", cfg)
     assert code == 0 and "[PASS] masked_ratio" in out and "verdict: OK" in out
 

@@ -206,9 +206,9 @@ def test_every_literal_value_is_accepted(tmp_path):
     ("data:\n  val_fraction: 0.5\n", "data.val_fraction"),
     ("data:\n  val_fraction: -0.1\n", "data.val_fraction"),
     ("masking:\n  min_masked_ratio: 1.2\n", "masking.min_masked_ratio"),
-    ("masking:\n  max_masked_ratio: 0.2\n", "masking.max_masked_ratio"),           # < min (0.30)
+    ("masking:\n  max_masked_ratio: 0.05\n", "masking.max_masked_ratio"),          # < min (0.10)
     ("masking:\n  min_masked_ratio: 0.6\n  max_masked_ratio: 0.5\n", "masking.max_masked_ratio"),
-    ("masking:\n  min_span_trained: 0\n", "masking.min_span_trained"),
+    ("data:\n  multi_turn: all\n", "data.multi_turn"),
     ("eval:\n  batch_size: 0\n", "eval.batch_size"),
     ("eval:\n  max_new_tokens: 0\n", "eval.max_new_tokens"),
 ])
@@ -225,8 +225,8 @@ def test_range_edges_are_accepted(tmp_path):
 
 
 def test_error_message_says_what_is_allowed_for_max_masked_ratio(tmp_path):
-    msg = error_of(tmp_path, "masking:\n  max_masked_ratio: 0.2\n")
-    assert "0.2" in msg and "[masking.min_masked_ratio, 1]" in msg
+    msg = error_of(tmp_path, "masking:\n  max_masked_ratio: 0.05\n")
+    assert "0.05" in msg and "[masking.min_masked_ratio, 1]" in msg
 
 
 # ---------------------------------------------------------------- files

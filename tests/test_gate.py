@@ -27,7 +27,7 @@ def test_good_file_is_queued_and_recorded(tmp_path):
     assert a.accepted and a.entry.state == "queued" and a.entry.priority == "high" and a.rejected_path is None
     assert sha(src) == before and sha(a.entry.path) == before
     meta = read_sidecar(a.entry.path)
-    assert meta["validation"]["outcome"] == "accepted" and meta["validation"]["validator"] == "dojo.validate@1.0.0"
+    assert meta["validation"]["outcome"] == "accepted" and meta["validation"]["validator"] == "dojo.validate@2.0.0"
     assert meta["generator"] == "bin@1.0.0"
     stats = lineage_stats.load(cfg)
     assert "bin@1.0.0" in json.dumps(stats)

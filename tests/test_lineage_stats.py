@@ -28,7 +28,7 @@ def sidecar(generator: str | None, generated_at: str = "2025-01-01T00:00:00+00:0
 
 
 def validation(file: str, total: int, rejected: int, rules: dict | None = None,
-               validator: str = "dojo.validate@1.0.0", depth: str = "deep") -> dict:
+               validator: str = "dojo.validate@2.0.0", depth: str = "deep") -> dict:
     return {"sha256": sha(file), "file": f"{file}.jsonl", "validator": validator, "depth": depth, "total": total,
             "accepted": total - rejected, "rejected": rejected, "rejected_by_rule": rules or {},
             "warnings_by_rule": {"near_duplicate@1": 1}, "outcome": "rejected" if rejected > total // 20
@@ -53,7 +53,7 @@ def test_record_aggregates_per_generator_and_validator(cfg):
     s = stats["generators"]["syllo@2.0.0"]
     assert (s["files"], s["rejected"], s["rejection_rate"], s["files_rejected"]) == (1, 5, 0.5, 1)
 
-    v = stats["validators"]["dojo.validate@1.0.0"]
+    v = stats["validators"]["dojo.validate@2.0.0"]
     assert (v["files"], v["examples"], v["rejected"]) == (2, 150, 4)
     assert v["rejections_by_rule"] == {"duplicate@1": 3, "answer_in_prompt@1": 1}
     assert stats["validators"]["strict@0.1"]["rejection_rate"] == 0.5
@@ -74,11 +74,28 @@ def test_recording_the_same_file_twice_does_not_double_count(cfg):
     assert (g["files"], g["examples"], g["rejected"]) == (1, 100, 10)
 
 
+def test_a_split_copy_counts_as_its_original_file(cfg):
+    """The gate records a partly rejected file when admitting it (validation sha256 = the user's file), and the
+    claim-time re-check records the split copy (its own sha256; the sidecar carries original_sha256)."""
+    original = validation("user", 100, 10, {"duplicate@1": 10})
+    L.record(cfg, {**sidecar("bin@1.0.0"), "original_sha256": original["sha256"]}, original)
+    once = L.load(cfg)["generators"]["bin@1.0.0"]
+    split = validation("user-split", 100, 10, {"duplicate@1": 10})               # same verdict, other sha256
+    L.record(cfg, {**sidecar("bin@1.0.0"), "original_sha256": original["sha256"]}, split)
+    stats = L.load(cfg)
+    g = stats["generators"]["bin@1.0.0"]
+    assert (g["files"], g["examples"], g["rejected"]) == (once["files"], once["examples"], once["rejected"])
+    assert (g["files"], g["examples"], g["rejected"]) == (1, 100, 10)
+    assert g["rejections_by_rule"] == {"duplicate@1": 10}
+    assert list(stats["files"]) == [original["sha256"]]
+    assert stats["validators"]["dojo.validate@2.0.0"]["files"] == 1
+
+
 def test_a_second_validator_counts_for_itself_but_the_generator_counts_the_file_once(cfg):
-    L.record(cfg, sidecar("bin@1.0.0"), validation("a", 100, 2, validator="dojo.validate@1.0.0"))
+    L.record(cfg, sidecar("bin@1.0.0"), validation("a", 100, 2, validator="dojo.validate@2.0.0"))
     L.record(cfg, sidecar("bin@1.0.0"), validation("a", 100, 8, validator="dojo.validate@1.1.0"))
     stats = L.load(cfg)
-    assert stats["validators"]["dojo.validate@1.0.0"]["rejected"] == 2
+    assert stats["validators"]["dojo.validate@2.0.0"]["rejected"] == 2
     assert stats["validators"]["dojo.validate@1.1.0"]["rejected"] == 8
     g = stats["generators"]["bin@1.0.0"]
     assert (g["files"], g["examples"], g["rejected"]) == (1, 100, 8)     # the latest verdict
@@ -142,7 +159,7 @@ def test_format_table_and_the_cli(cfg, capsys):
     text = L.format_table(L.load(cfg))
     row = next(line for line in text.splitlines() if line.startswith("bin@1.0.0"))
     assert row.split()[1:5] == ["1", "200", "4", "2.0%"] and "duplicate@1×3" in row
-    assert "dojo.validate@1.0.0" in text
+    assert "dojo.validate@2.0.0" in text
     assert "worst generator: bin@1.1.0 (9.0% of 100 examples rejected)" in text
     assert "bin: 1.0.0 2.0% → 1.1.0 9.0% (quality dropped after the bump to 1.1.0)" in text
 

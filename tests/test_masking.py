@@ -1,6 +1,7 @@
-"""Tests for validation.masking: each of the five validators fails on a batch built to violate it (naming the
-row and showing the offending text), a good batch of real packed examples passes all five, and the trainer
-refuses to train (and writes nothing) when a check fails."""
+"""Tests for validation.masking: each structural validator fails on a batch built to violate it (naming the
+row and showing the offending text), good batches of real packed examples pass them all — plain, multi-turn,
+expanded reasoning conversations — the masked ratio only ever warns, and the trainer refuses to train (and
+writes nothing) when a structural check fails."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dojo.config import from_dict
-from model.chat import IGNORE, system_prompt_text, tokenize_example, with_system_prompt
+from model.chat import IGNORE, system_prompt_text, tokenize_conversation, tokenize_example, with_system_prompt
 from model.packing import PackedRow, pack
 from skills import bin as B
 from tests.helpers import chat, write_jsonl
@@ -33,10 +34,13 @@ LONG_ANSWER = LONG_ANSWER[:300]
 
 @dataclass
 class Row:
-    """Any object with input_ids/labels/position_ids is a row for the validators."""
+    """Any object with input_ids/labels/position_ids/lengths is a row for the validators."""
     input_ids: list
     labels: list
     position_ids: list
+    lengths: tuple = ()
+    trained_tokens: tuple = ()
+    trained_turns: tuple = ()
 
 
 def check(report, name):
@@ -45,7 +49,8 @@ def check(report, name):
 
 
 def failed(report) -> set[str]:
-    return {c.name for c in report.checks if not c.passed}
+    """The hard checks that failed (the masked-ratio band only warns)."""
+    return {c.name for c in report.checks if not c.passed and not c.warning_only}
 
 
 def failures(report, name) -> str:
@@ -64,8 +69,10 @@ def bin_rows(tokenizer, max_length=512):
 
 
 def with_labels(row, labels) -> Row:
+    """The same row (and the same rendering's per-example counts) with other labels: a broken collator."""
     assert len(labels) == len(row.input_ids)
-    return Row(list(row.input_ids), list(labels), list(row.position_ids))
+    return Row(list(row.input_ids), list(labels), list(row.position_ids), row.lengths, row.trained_tokens,
+               row.trained_turns)
 
 
 def trained_runs(labels) -> list[tuple[int, int]]:
@@ -83,24 +90,53 @@ def trained_runs(labels) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------ the good batch
 
 
-def test_real_bin_rows_pass_all_five(tokenizer):
+def test_real_bin_rows_pass_every_check(tokenizer):
     rows = bin_rows(tokenizer)
     report = require_ok(validate_rows(rows, tokenizer))
-    assert [c.name for c in report.checks] == list(CHECKS)
-    assert report.ok and not failed(report)
+    assert [c.name for c in report.checks] == ["masked_ratio", *CHECKS]
+    assert report.ok and not failed(report) and not report.warnings
     assert report.rows == len(rows) and report.tokens == sum(len(r) for r in rows)
-    assert 0.30 <= report.masked_ratio <= 0.85
-    assert check(report, "span_coverage").detail.startswith(f"{sum(len(r.examples) for r in rows)} assistant spans")
+    assert check(report, "span_coverage").detail.startswith(f"{sum(len(r.examples) for r in rows)} trained")
     assert "masking:" in report.format() and "FAIL" not in report.format()
 
 
-def test_multi_turn_english_rows_pass_all_five(tokenizer):
+def test_multi_turn_english_rows_pass_every_check(tokenizer):
     convs = [MULTI, chat(("user", "Name a colour."), ("assistant", "Blue."))["messages"],
              chat(("user", "Say hi."), ("assistant", "Hi!"), ("user", "Again."), ("assistant", "Hi again!"),
                   system="Be brief.")["messages"]]
     rows = pack([tok(c, tokenizer) for c in convs * 3], 256)
     report = validate_rows(rows, tokenizer)
     assert report.ok, report.format()
+
+
+REASONING = [{"role": "user", "content": "Is 7 prime?"},
+             {"role": "assistant", "content": "<think>\n7 has no divisor but 1 and 7.\n</think>\n\nYes."},
+             {"role": "user", "content": "And 9?"},
+             {"role": "assistant", "content": "<think>\n9 = 3 * 3.\n</think>\n\nNo."}]
+
+
+def test_expanded_reasoning_rows_pass_with_history_turns_as_context(qwen3_tokenizer):
+    """data.multi_turn expand: the first turn is context (untrained) in the second example; that is allowed, and
+    every example's final turn is trained whole."""
+    exs = tokenize_conversation(REASONING, qwen3_tokenizer, "r.jsonl:1", "expand")
+    assert [e.trained_turns for e in exs] == [1, 1] and [e.assistant_turns for e in exs] == [1, 2]
+    report = validate_rows(pack(exs * 3, 512), qwen3_tokenizer)
+    assert report.ok, report.format()
+    assert "3 history turn(s) as context" in check(report, "span_coverage").detail
+
+
+def test_final_turn_left_untrained_is_caught(qwen3_tokenizer):
+    """An expanded example that trains its history turn instead of its final turn is refused."""
+    [_, second] = tokenize_conversation(REASONING, qwen3_tokenizer, "r.jsonl:1", "expand")
+    rendered = tokenize_example(REASONING, qwen3_tokenizer)     # the same text, both turns trained
+    assert rendered.input_ids == second.input_ids
+    row = pack([second], 512)[0]
+    (history, final) = trained_runs(rendered.labels)
+    labels = [IGNORE] * len(row)
+    labels[history[0]:history[1]] = row.input_ids[history[0]:history[1]]
+    report = validate_rows([with_labels(row, labels)], qwen3_tokenizer)
+    assert "span_coverage" in failed(report), report.format()
+    assert "the final assistant turn of example 0 is not trained" in failures(report, "span_coverage")
 
 
 # ------------------------------------------------------------------ the old system's bug
@@ -149,9 +185,11 @@ def test_template_count_second_assistant_turn_masked(tokenizer):
     labels[runs[1][0]:runs[1][1]] = [IGNORE] * (runs[1][1] - runs[1][0])
     rows = [good, with_labels(good, labels)]
     report = validate_rows(rows, tokenizer)
-    assert not check(report, "template_count").passed
-    assert failures(report, "template_count") == "row 1: 2 assistant header(s) but 1 masked→trained transition(s)"
-    assert check(report, "trained_content").passed and check(report, "row_balance").passed
+    assert failed(report) == {"template_count", "trained_count", "span_coverage"}, report.format()
+    assert failures(report, "template_count") == ("row 1: the rendering trained 2 assistant turn(s) but the labels "
+                                                  "hold 1 masked→trained transition(s)")
+    assert "row 1: 6 trained tokens, but its examples' assistant turns hold" in failures(report, "trained_count") \
+        or "trained tokens, but its examples' assistant turns hold" in failures(report, "trained_count")
 
 
 def test_span_coverage_tail_of_answer_masked(tokenizer):
@@ -162,30 +200,26 @@ def test_span_coverage_tail_of_answer_masked(tokenizer):
     labels = list(good.labels[:cut]) + [IGNORE] * (len(good) - cut)
     rows = [good, with_labels(good, labels)]
     report = validate_rows(rows, tokenizer)
-    assert failed(report) == {"span_coverage"}, report.format()
+    assert failed(report) == {"span_coverage", "trained_count"}, report.format()
     text = failures(report, "span_coverage")
-    assert text.startswith(f"row 1 tokens {start}-{stop - 1}: only 6")
+    assert text.startswith(f"row 1 tokens {start}-{stop - 1}: only {cut - start}/{stop - start} tokens")
     left_out = tokenizer.decode(list(good.input_ids[cut:stop]))
     assert left_out.endswith("<|im_end|>")
     assert f"left out: {left_out[:80]!r}"[:-1] in text
-    assert "least covered 6" in check(report, "span_coverage").detail
-    # the bar is configurable; the untrained closing <|im_end|> still fails on its own
-    lenient = check(validate_rows(rows, tokenizer, Thresholds(min_span_trained=0.5)), "span_coverage")
-    assert lenient.failures == [f"row 1 token {stop - 1}: the closing <|im_end|> of an assistant turn is not trained"]
+    assert failures(report, "trained_count") == (f"row 1: {cut - start} trained tokens, but its examples' assistant "
+                                                 f"turns hold {stop - start} ([{stop - start}])")
 
 
 def test_span_coverage_untrained_im_end(tokenizer):
-    """A model that never learns <|im_end|> never stops: an untrained closing im_end fails even when the rest
-    of the span clears the coverage bar."""
+    """A model that never learns <|im_end|> never stops: an untrained closing im_end is a partly trained turn."""
     rows = bin_rows(tokenizer)[:2]
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     labels = list(rows[1].labels)
     last = max(k for k, (t, lab) in enumerate(zip(rows[1].input_ids, labels)) if t == im_end and lab != IGNORE)
     labels[last] = IGNORE
     report = validate_rows([rows[0], with_labels(rows[1], labels)], tokenizer)
-    assert failed(report) == {"span_coverage"}, report.format()
-    assert f"row 1 token {last}: the closing <|im_end|> of an assistant turn is not trained" in \
-        failures(report, "span_coverage")
+    assert failed(report) == {"span_coverage", "trained_count"}, report.format()
+    assert "'<|im_end|>'" in failures(report, "span_coverage")
 
 
 def test_trained_assistant_header_is_caught(tokenizer):
@@ -200,8 +234,19 @@ def test_trained_assistant_header_is_caught(tokenizer):
                 labels[j] = row.input_ids[j]
                 j -= 1
     report = validate_rows([with_labels(row, labels)], tokenizer)
-    assert not check(report, "trained_content").passed, report.format()
+    assert {"trained_content", "trained_count"} <= failed(report), report.format()
     assert "the assistant header is trained: 'assistant\\n<think>" in failures(report, "trained_content")
+
+
+def test_position_ids_that_do_not_restart_are_caught(tokenizer):
+    """Positions running on across examples would let a packed example attend to the one before it."""
+    row = bin_rows(tokenizer)[0]
+    assert len(row.examples) > 1
+    bad = Row(list(row.input_ids), list(row.labels), list(range(len(row))), row.lengths, row.trained_tokens,
+              row.trained_turns)
+    report = validate_rows([row, bad], tokenizer)
+    assert failed(report) == {"position_ids"}, report.format()
+    assert failures(report, "position_ids").startswith(f"row 1 tokens {row.lengths[0]}-")
 
 
 def test_row_balance_all_masked_row(tokenizer):
@@ -213,37 +258,37 @@ def test_row_balance_all_masked_row(tokenizer):
                                                f"masked (nothing trained)")
 
 
-def test_row_balance_all_trained_row(tokenizer):
+def test_all_trained_row_is_caught_as_trained_prompt_text(tokenizer):
     rows = bin_rows(tokenizer)[:2]
     rows[1] = with_labels(rows[1], list(rows[1].input_ids))
     report = validate_rows(rows, tokenizer)
-    assert not check(report, "row_balance").passed
-    text = failures(report, "row_balance")
-    assert text.startswith(f"row 1: all {len(rows[1].input_ids)} tokens are trained, prompts included: "
-                           f"'<|im_start|>system\\nYou are a careful")
+    assert "trained_content" in failed(report)
+    text = failures(report, "trained_content")
+    assert "of a system turn are trained: '<|im_start|>system\\nYou are a careful" in text
     assert "row 0" not in text
 
 
-def test_masked_ratio_answers_dwarf_prompts(tokenizer):
+def test_masked_ratio_answers_dwarf_prompts_only_warns(tokenizer):
     convs = [chat(("user", "hi"), ("assistant", LONG_ANSWER))["messages"]] * 4
     rows = pack([tok(c, tokenizer, system="") for c in convs], 512)
-    report = validate_rows(rows, tokenizer)
+    report = validate_rows(rows, tokenizer, Thresholds(min_masked_ratio=0.30))
     assert report.masked_ratio < 0.30
-    assert failed(report) == {"masked_ratio"}, report.format()   # the data is genuine: only the ratio is off
-    assert failures(report, "masked_ratio") == f"masked ratio {report.masked_ratio:.3f} is outside [0.3, 0.85]"
-    assert "allowed 0.30–0.85" in check(report, "masked_ratio").detail
-    # thresholds are configurable
-    assert validate_rows(rows, tokenizer, Thresholds(min_masked_ratio=0.0)).ok
-    assert validate_rows(rows, tokenizer, Thresholds(min_masked_ratio=report.masked_ratio)).ok
-    assert not validate_rows(rows, tokenizer, Thresholds(min_masked_ratio=report.masked_ratio + 0.01)).ok
+    assert report.ok and not failed(report), report.format()       # the data is genuine: never refused
+    assert report.warnings == [f"masked ratio {report.masked_ratio:.3f} is outside the typical band [0.3, 0.98]: "
+                               f"check the data if that is unexpected"]
+    assert "[WARN] masked_ratio" in report.format()
+    assert not validate_rows(rows, tokenizer, Thresholds(min_masked_ratio=0.0)).warnings
 
 
-def test_masked_ratio_prompts_dwarf_answers(tokenizer):
-    convs = [chat(("user", LONG_ANSWER + " Is this about a fox?"), ("assistant", "Yes."))["messages"]] * 4
-    rows = pack([tok(c, tokenizer) for c in convs], 512)
-    report = validate_rows(rows, tokenizer)
-    assert report.masked_ratio > 0.85 and failed(report) == {"masked_ratio"}
-    assert validate_rows(rows, tokenizer, Thresholds(max_masked_ratio=1.0)).ok
+def test_classification_shaped_rows_pass_with_a_warning(qwen3_tokenizer):
+    """A long prompt and a one-word answer (~97% masked) is real SFT data: it passes every hard check."""
+    prompt = "Classify the sentiment of this review as positive or negative.\n\n" + "The plot was slow. " * 60
+    convs = [chat(("user", prompt + str(i)), ("assistant", "negative"))["messages"] for i in range(4)]
+    rows = pack([tokenize_example(c, qwen3_tokenizer) for c in convs], 2048)
+    report = validate_rows(rows, qwen3_tokenizer)
+    assert report.masked_ratio > 0.95
+    assert report.ok, report.format()
+    assert len(report.warnings) == 1 and "outside the typical band" in report.warnings[0]
 
 
 def test_limit_checks_only_the_first_rows(tokenizer):
@@ -272,27 +317,32 @@ def test_require_ok_raises_naming_the_failed_check(tokenizer):
 # ------------------------------------------------------------------ the trainer refuses
 
 
-def test_prepare_data_uses_configured_thresholds(tokenizer, tmp_path):
-    from model.train import prepare_data
+def test_prepare_reports_the_band_as_a_warning_and_trains(tokenizer, tmp_path):
+    from model.data import prepare
 
-    data = write_jsonl(tmp_path / "chatty.jsonl", [chat(("user", "hi"), ("assistant", LONG_ANSWER))] * 6)
-    strict = from_dict({})
-    assert failed(prepare_data(strict, data, tokenizer, SYSTEM).masking) == {"masked_ratio"}
+    data = write_jsonl(tmp_path / "chatty.jsonl", [chat(("user", "hi"), ("assistant", LONG_ANSWER + str(k)))
+                                                   for k in range(6)])
+    strict = from_dict({"masking": {"min_masked_ratio": 0.5}})
+    prepared = prepare(strict, data, tokenizer)
+    assert prepared.masking.ok and prepared.masking.warnings
     lax = from_dict({"masking": {"min_masked_ratio": 0.0}})
-    assert prepare_data(lax, data, tokenizer, SYSTEM).masking.ok
+    assert not prepare(lax, data, tokenizer).masking.warnings
 
 
-def test_train_chunk_refuses_bad_masking_and_writes_nothing(tmp_path):
+def test_train_chunk_refuses_bad_masking_and_writes_nothing(tmp_path, monkeypatch):
+    """A broken labelling (here: every piece trained, prompts included) is refused before any step."""
+    from model import chat as chat_module
     from model import checkpoint as ckpt
     from model.train import train_chunk
 
+    real = chat_module.tokenize_pieces
+    monkeypatch.setattr(chat_module, "tokenize_pieces", lambda pieces, tok: real([(p, True) for p, _ in pieces], tok))
     cfg = from_dict({})
-    data = write_jsonl(tmp_path / "data" / "chatty.jsonl",
-                       [chat(("user", "hi"), ("assistant", LONG_ANSWER[: 250 + 10 * k])) for k in range(6)])
+    data = write_jsonl(tmp_path / "data" / "bin.jsonl", [B.to_chat(p) for p in B.generate(1, 12, 3)])
     before = data.read_bytes()
-    with pytest.raises(MaskingError, match=r"masking validation failed \(masked_ratio\)") as err:
+    with pytest.raises(MaskingError, match=r"masking validation failed \(.*trained_content") as err:
         train_chunk(cfg, data, steps=1)
-    assert "masked ratio" in str(err.value)
+    assert "of a system turn are trained" in str(err.value)
     assert data.read_bytes() == before
     folder = cfg.root / "checkpoints"
     assert not folder.exists() or list(folder.iterdir()) == []   # no checkpoint-*, no half-written .tmp-*

@@ -114,13 +114,13 @@ def test_profile_reaches_training_and_ledger(tmp_path, data_file, tokenizer):
     """The profile's dated system prompt and answer transform are what training renders, and the ledger says so."""
     import datetime as dt
 
-    from model.train import prepare_data
+    from model.data import prepare
     from model.profiles import resolve
 
     cfg = cfg_for(tmp_path / "h", data={"profile": "emoji_think", "max_length": 192})
     profile, prompt = resolve("emoji_think", cfg.data.system_prompt)
     assert dt.date.today().isoformat() in prompt
-    rows = prepare_data(cfg, data_file, tokenizer, prompt, profile.transform).rows
+    rows = prepare(cfg, data_file, tokenizer).rows([0])
     text = tokenizer.decode(list(rows[0].input_ids))
     trained = tokenizer.decode([t for t, lab in zip(rows[0].input_ids, rows[0].labels) if lab != -100])
     assert prompt in text and "🤔\n" in trained and "🛑" in trained

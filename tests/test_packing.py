@@ -101,11 +101,9 @@ def test_bin_example_trains_only_the_completion(tokenizer):
 def test_short_answer_that_occurs_in_the_header_or_think_scaffold(tokenizer, answer):
     """An answer that also occurs in '<think>\n\n</think>' must still be found where it really stands (before
     its <|im_end|>), in the last turn (think block) and in an earlier turn (no think block)."""
-    if "</think>" in answer:   # the template splits such content into reasoning; dojo must refuse, not mislabel
-        from model.chat import RenderError
-
-        with pytest.raises(RenderError, match="changed the content"):
-            tokenize_example([{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}], tokenizer)
+    if "</think>" in answer:   # the template reads such content as (empty) reasoning + answer: trained as rendered
+        ex = tokenize_example([{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}], tokenizer)
+        assert trained_spans(ex, tokenizer) == ["?" + IM_END] and ex.rewritten == 1
         return
     ex = tokenize_example([{"role": "user", "content": "Is the cat in or out?"},
                            {"role": "assistant", "content": answer}], tokenizer)

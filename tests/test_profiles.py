@@ -10,7 +10,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from dojo.config import TINY_MODEL_DIR, from_dict
-from model.chat import IGNORE, IM_END, RenderError, generation_prompt, tokenize_example, with_system_prompt
+from model.chat import IGNORE, IM_END, generation_prompt, tokenize_example, with_system_prompt
 from model.loading import load_model, pick_runtime
 from model.profiles import (ANSWER_END, ANSWER_START, PROFILES, STOP_MARKER, THINK_MARKER, EndAfterText,
                             ForcePrefix, SuppressTokens, emoji_token_ids, eos_token_id, get_profile, resolve,
@@ -142,8 +142,8 @@ def test_transforms_keep_think_content_renderable(name, tokenizer):
              {"role": "assistant", "content": "<think>a</think>\n\nBecause."},
              {"role": "user", "content": "Sure?"},
              {"role": "assistant", "content": "<think>b</think>Yes."}]
-    with pytest.raises(RenderError):
-        tokenize_example(get_profile("none").transform(think), tokenizer)
+    plain = tokenize_example(get_profile("none").transform(think), tokenizer)     # trained as rendered: the
+    assert plain.rewritten == 2                                                     # template rewrote both turns
     ex = tokenize_example(get_profile(name).transform(think), tokenizer)
     trained = tokenizer.decode([label for label in ex.labels if label != IGNORE])
     start, end = MARKERS[name]

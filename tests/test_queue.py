@@ -313,6 +313,41 @@ def test_claim_skips_a_file_another_claimer_already_took(cfg, tmp_path):
         "a.jsonl", "a.meta.json", "b.jsonl", "b.meta.json"]
 
 
+def hand_dropped(cfg, tmp_path, folder: str, name: str = "hand.jsonl") -> tuple[Path, bytes, bytes]:
+    """A data file copied by hand into ``folder`` with a broken sidecar: (path, data bytes, sidecar bytes)."""
+    path = data_file(cfg.root / folder, name, tag="hand", sidecar=False)
+    sidecar_path(path).write_text("{not json", encoding="utf-8")
+    return path, path.read_bytes(), sidecar_path(path).read_bytes()
+
+
+def test_claim_sends_a_file_with_a_broken_sidecar_to_failed_and_takes_the_next(cfg, tmp_path):
+    b = Q.add(cfg, data_file(tmp_path, "b.jsonl", tag="b"), "low")
+    path, data, side = hand_dropped(cfg, tmp_path, "queue/normal")
+
+    got = Q.claim(cfg)
+    assert got.id == b.id and got.state == "processing"
+    failed = cfg.root / "failed" / "hand.jsonl"
+    assert not path.exists() and not sidecar_path(path).exists()
+    assert failed.read_bytes() == data and sidecar_path(failed).read_bytes() == side   # kept byte for byte
+    reason = (cfg.root / "failed" / "hand.reason.txt").read_text()
+    assert "hand.meta.json" in reason and "not valid JSON" in reason and "line 1 column 2" in reason
+    assert Q.find(cfg, sha(failed)[:12]).state == "failed"
+    assert Q.claim(cfg) is None
+
+
+def test_recover_orphans_fails_a_file_with_a_broken_sidecar_in_processing(cfg, tmp_path):
+    from dojo import pipeline
+
+    path, data, side = hand_dropped(cfg, tmp_path, "processing")
+    out = pipeline.recover_orphans(cfg)                                  # must not raise
+    assert len(out) == 1 and "broken" in out[0]
+    failed = cfg.root / "failed" / "hand.jsonl"
+    assert not path.exists() and failed.read_bytes() == data and sidecar_path(failed).read_bytes() == side
+    reason = (cfg.root / "failed" / "hand.reason.txt").read_text()
+    assert "hand.meta.json" in reason and "not valid JSON" in reason
+    assert pipeline.recover_orphans(cfg) == []                           # the next start is clean
+
+
 def test_same_name_from_two_priorities_never_overwrites_in_processing(cfg, tmp_path):
     x = Q.add(cfg, data_file(tmp_path / "1", "data.jsonl", tag="1"), "high")
     y = Q.add(cfg, data_file(tmp_path / "2", "data.jsonl", tag="2"), "low")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from skills import syllo as S
+from skills import syllo_v1 as V
 from skills.syllo import Problem, Word, score
 
 COMPAT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "compat" / "syllo_v1"
@@ -442,8 +443,8 @@ def test_compat_corpus_present():
 
 @pytest.mark.parametrize("where, record", RECORDS, ids=[w for w, _ in RECORDS])
 def test_compat_record(where, record):
-    assert S.check_record(record) == []
-    problem = S.from_record(record)
+    assert V.check_record(record) == []
+    problem = V.from_record(record)
     n = len(record["words"])
     assert problem.level == {4: 1, 5: 2, 6: 3, 7: 4}.get(n, 5)
     assert problem.puzzle_id == record["puzzle_id"]
@@ -451,7 +452,7 @@ def test_compat_record(where, record):
     assert problem.red_herrings == tuple(record["red_herrings"])
     assert [w.clue_type for w in problem.words] == [w["hint_type"] for w in record["words"]]
 
-    chat = S.record_to_chat(record)
+    chat = V.record_to_chat(record)
     user, assistant = chat["messages"]
     assert (user["role"], assistant["role"]) == ("user", "assistant")
     lines = user["content"].splitlines()
@@ -460,7 +461,7 @@ def test_compat_record(where, record):
     assert "Syllable bank: " + " | ".join(record["syllable_bank"]) in lines
     assert score(assistant["content"], problem, strict=True).correct
 
-    own = S.record_solution_text(record)
+    own = V.record_solution_text(record)
     assert "\n" not in own
     assert score(own, problem).correct
     strict = score(own, problem, strict=True)
@@ -476,7 +477,7 @@ def test_compat_stale_unused_tiles_finding_is_exact():
     found = {
         (where, r["puzzle_id"])
         for where, r in RECORDS
-        if not score(S.record_solution_text(r), S.from_record(r), strict=True).correct
+        if not score(V.record_solution_text(r), V.from_record(r), strict=True).correct
     }
     assert found == STALE_UNUSED_TILES
     layouts = Counter(r["output_variant"] for _, r in RECORDS)
@@ -487,7 +488,7 @@ def test_compat_large_old_puzzles_map_to_level5():
     big = [r for _, r in RECORDS if len(r["words"]) >= 9]
     assert {len(r["words"]) for r in big} == {9, 10}
     for r in big:
-        p = S.from_record(r)
+        p = V.from_record(r)
         assert p.level == 5 and len(p.words) == len(r["words"])
         assert f"{len(r['words'])}. " in p.prompt
 
@@ -496,7 +497,7 @@ def test_record_solution_text_falls_back_to_words():
     _, record = RECORDS[0]
     for solution in ("1. ALWAYS 2. ...", json.dumps({"mystery": 1})):
         r = dict(record, solution=solution)
-        assert S.record_solution_text(r) == S.from_record(r).completion
+        assert V.record_solution_text(r) == V.from_record(r).completion
 
 
 def _mutated(change):
@@ -506,11 +507,11 @@ def _mutated(change):
 
 
 def _rules(record):
-    return [rule for rule, _ in S.check_record(record)]
+    return [rule for rule, _ in V.check_record(record)]
 
 
 def test_check_record_findings():
-    known = {name for name, _ in S.RECORD_RULES}
+    known = {name for name, _ in V.RECORD_RULES}
     cases = [
         (lambda r: None, []),
         (lambda r: r.pop("syllable_bank"), ["missing_key"]),
@@ -528,11 +529,11 @@ def test_check_record_findings():
     ]
     for change, expected in cases:
         record = _mutated(change)
-        assert _rules(record) == expected, (expected, S.check_record(record))
+        assert _rules(record) == expected, (expected, V.check_record(record))
         assert set(_rules(record)) <= known
         if expected:
             with pytest.raises(ValueError, match=expected[0]):
-                S.from_record(record)
-    assert S.check_record([]) == [("record_type", "expected a JSON object, got list")]
-    messages = dict(S.check_record(_mutated(lambda r: r["syllable_bank"].append("zz"))))
+                V.from_record(record)
+    assert V.check_record([]) == [("record_type", "expected a JSON object, got list")]
+    messages = dict(V.check_record(_mutated(lambda r: r["syllable_bank"].append("zz"))))
     assert "['zz']" in messages["bank_balance"]

@@ -13,7 +13,8 @@ from dojo import cli
 from dojo import config as C
 from dojo.lineage import write_sidecar
 from tests.helpers import chat
-from validation.validate import DEPTHS, VALIDATOR, validate_file, write_split
+from model.data import validate_file
+from validation.validate import DEPTHS, VALIDATOR, read_examples, write_split
 
 
 def pairs(n: int) -> list[dict]:
@@ -118,8 +119,9 @@ def test_to_dict_fields(tmp_path):
     report = validate_file(src, C.load(), depth="deep")
     d = report.to_dict()
     assert set(d) == {"validator", "file", "spec", "depth", "total", "accepted", "rejected", "valid_ratio",
-                      "accept_ratio", "outcome", "rejected_by_rule", "warnings_by_rule", "file_issues"}
-    assert d["validator"] == VALIDATOR == "dojo.validate@1.0.0"
+                      "accept_ratio", "outcome", "rejected_by_rule", "warnings_by_rule", "file_issues", "examples",
+                      "rewritten_turns"}
+    assert d["validator"] == VALIDATOR == "dojo.validate@2.0.0"
     assert (d["file"], d["spec"], d["depth"]) == (str(src), "chat_sft_v1", "deep")
     assert (d["total"], d["accepted"], d["rejected"]) == (20, 18, 2)
     assert d["valid_ratio"] == 0.9 and d["accept_ratio"] == 0.95 and d["outcome"] == "rejected"
@@ -165,8 +167,8 @@ def test_clean_completion_file_accepted(tmp_path, depth, tokenizer):
     report = validate_file(src, C.load(), depth=depth, tokenizer=tokenizer)
     assert report.spec == "completion_v1"
     assert report.accepted and report.total == 30 and not report.rejected and not report.warnings, report.format()
-    assert report.messages[1] == [{"role": "user", "content": "Q: What is 0 times 3?\nA:"},
-                                  {"role": "assistant", "content": " 0"}]
+    assert read_examples(src, C.load())[0] == (1, [{"role": "user", "content": "Q: What is 0 times 3?\nA:"},
+                                                   {"role": "assistant", "content": " 0"}])
 
 
 # ---------------------------------------------------------------- the acceptance bar
@@ -243,12 +245,12 @@ def test_spec_option_overrides_the_sidecar(tmp_path, capsys):
 
     as_chat = validate_file(src, C.load(), depth="quick")
     assert as_chat.spec == "chat_sft_v1" and not as_chat.accepted
-    assert as_chat.rejected_by_rule() == {"unknown_key@1": 10}
+    assert as_chat.rejected_by_rule() == {"missing_messages@1": 10}
     as_completion = validate_file(src, C.load(), depth="quick", spec="completion_v1")
     assert as_completion.spec == "completion_v1" and as_completion.accepted and not as_completion.rejected
 
     code, out = run_cli(["validate", str(src), "--depth", "quick"], capsys)
-    assert code == 1 and "spec chat_sft_v1" in out and f"{src}:1: rule unknown_key@1" in out
+    assert code == 1 and "spec chat_sft_v1" in out and f"{src}:1: rule missing_messages@1" in out
     code, out = run_cli(["validate", str(src), "--depth", "quick", "--spec", "completion_v1"], capsys)
     assert code == 0 and "spec completion_v1" in out and "10/10 lines valid" in out
     assert src.with_name("comp.meta.json").read_bytes() == sidecar                  # --spec never rewrites it

@@ -7,11 +7,14 @@ under the **first** rule it breaks, in the order declared here (one root cause, 
 and the offending value.
 
 Rules (all version 1):
-  chat_sft_v1    unknown_key, messages_type, message_type, unknown_role, content_type, system_position,
+  chat_sft_v1    missing_messages, unknown_key, messages_type, message_type, unknown_role, content_type, system_position,
                  no_assistant, role_order, ends_with_user, empty_assistant, smuggled_marker
   completion_v1  unknown_key, prompt_type, completion_type, empty_completion, smuggled_marker
-  syllo_v1       unknown_key, plus the record checks of ``skills.syllo.check_record`` (syllables joining to
+  syllo_v1       unknown_key, plus the record checks of ``skills.syllo_v1.check_record`` (syllables joining to
                  words, tiles from the bank, the bank balancing, counts)
+
+This is the one rule list: the gate, ``dojo validate``, ``dojo pack-check`` and training all check lines with it
+(through ``validation.validate.check_file``), and every finding is reported as ``name@version``.
 """
 from __future__ import annotations
 
@@ -21,9 +24,8 @@ from typing import Callable
 import pandas as pd
 import pandera.pandas as pa
 
-from validation.chat import ROLES
-
 SPEC_VERSION = "1"
+ROLES = ("system", "user", "assistant")
 MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
 
@@ -32,6 +34,7 @@ class Rule:
     name: str
     message: str
     ok: Callable[[dict], bool]     # record -> passes? (only called once earlier rules passed)
+    culprit: Callable[[dict], object] | None = None   # record -> the offending value (default: the record)
 
     @property
     def versioned(self) -> str:
@@ -60,20 +63,33 @@ def _no_markers(*texts) -> bool:
     return not any(marker in t for t in texts if isinstance(t, str) for marker in MARKERS)
 
 
+def _first(values, bad):
+    return next((v for v in values if bad(v)), None)
+
+
 CHAT_KEYS = {"messages", "metadata", "id"}
 CHAT_RULES = [
-    Rule("unknown_key", f"only {sorted(CHAT_KEYS)} are allowed", lambda r: set(r) <= CHAT_KEYS),
-    Rule("messages_type", "'messages' must be a non-empty list", lambda r: isinstance(_messages(r), list) and bool(_messages(r))),
-    Rule("message_type", "every message must be an object", _msgs_ok),
-    Rule("unknown_role", f"roles must be one of {', '.join(ROLES)}", lambda r: all(x in ROLES for x in _roles(r))),
-    Rule("content_type", "every content must be a string", lambda r: all(isinstance(m.get("content"), str) for m in _messages(r))),
-    Rule("system_position", "a system message may only come first", lambda r: "system" not in _roles(r)[1:]),
-    Rule("no_assistant", "the example has no assistant turn", lambda r: "assistant" in _roles(r)),
+    Rule("missing_messages", "the object has no 'messages' key", lambda r: "messages" in r),
+    Rule("unknown_key", f"only {sorted(CHAT_KEYS)} are allowed", lambda r: set(r) <= CHAT_KEYS,
+         lambda r: sorted(set(r) - CHAT_KEYS)),
+    Rule("messages_type", "'messages' must be a non-empty list",
+         lambda r: isinstance(_messages(r), list) and bool(_messages(r)), _messages),
+    Rule("message_type", "every message must be an object", _msgs_ok,
+         lambda r: _first(_messages(r), lambda m: not isinstance(m, dict))),
+    Rule("unknown_role", f"roles must be one of {', '.join(ROLES)}", lambda r: all(x in ROLES for x in _roles(r)),
+         lambda r: _first(_roles(r), lambda x: x not in ROLES)),
+    Rule("content_type", "every content must be a string",
+         lambda r: all(isinstance(m.get("content"), str) for m in _messages(r)),
+         lambda r: _first([m.get("content") for m in _messages(r)], lambda c: not isinstance(c, str))),
+    Rule("system_position", "a system message may only come first", lambda r: "system" not in _roles(r)[1:], _roles),
+    Rule("no_assistant", "the example has no assistant turn", lambda r: "assistant" in _roles(r), _roles),
     Rule("role_order", "turns must alternate user, assistant, … starting with user",
-         lambda r: _turns(r) == ["user", "assistant"] * (len(_turns(r)) // 2) + ["user"] * (len(_turns(r)) % 2)),
-    Rule("ends_with_user", "the last turn must be the assistant's", lambda r: _turns(r)[-1] == "assistant"),
+         lambda r: _turns(r) == ["user", "assistant"] * (len(_turns(r)) // 2) + ["user"] * (len(_turns(r)) % 2),
+         _roles),
+    Rule("ends_with_user", "the last turn must be the assistant's", lambda r: _turns(r)[-1] == "assistant", _roles),
     Rule("empty_assistant", "an assistant turn has no content",
-         lambda r: all(m["content"].strip() for m in _messages(r) if m["role"] == "assistant")),
+         lambda r: all(m["content"].strip() for m in _messages(r) if m["role"] == "assistant"),
+         lambda r: _first([m["content"] for m in _messages(r) if m["role"] == "assistant"], lambda c: not c.strip())),
     Rule("smuggled_marker", f"content holds a chat-template marker ({', '.join(MARKERS)})",
          lambda r: _no_markers(*(m["content"] for m in _messages(r)))),
 ]
@@ -93,7 +109,7 @@ SYLLO_KEYS = {"puzzle_id", "difficulty", "rules", "words", "syllable_bank", "red
 
 
 def _syllo_rules() -> list[Rule]:
-    from skills import syllo
+    from skills import syllo_v1 as syllo
 
     def record_rule(rule_name):
         return lambda r: rule_name not in {name for name, _ in syllo.check_record(r)}
@@ -156,10 +172,10 @@ def schema(spec: str) -> pa.DataFrameSchema:
     return pa.DataFrameSchema({"record": pa.Column(object, checks=checks, nullable=True)}, name=spec)
 
 
-def check_records(spec: str, records: dict[int, object]) -> dict[int, tuple[str, str]]:
+def check_records(spec: str, records: dict[int, object]) -> dict[int, tuple[str, str, object]]:
     """Validate parsed records (line number -> record) against ``spec``.
 
-    Returns line number -> (rule, message) for every row that breaks a rule.
+    Returns line number -> (rule, message, offending value) for every row that breaks a rule.
     """
     if not records:
         return {}
@@ -176,12 +192,22 @@ def check_records(spec: str, records: dict[int, object]) -> dict[int, tuple[str,
             line = int(case["index"])
             message = messages[rule]
             if spec == "syllo_v1":   # the record check knows the specifics (which word, which tile)
-                from skills import syllo
+                from skills import syllo_v1 as syllo
 
                 message = dict(syllo.check_record(records[line])).get(rule, message)
-            out[line] = (rule, message)
+            out[line] = (rule, message, _culprit(spec, rule, records[line]))
         return out
     return {}
+
+
+def _culprit(spec: str, rule: str, record) -> object:
+    found = next((r for r in rules_for(spec) if r.name == rule and r.culprit is not None), None)
+    if found is None:
+        return record
+    try:
+        return found.culprit(record)
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return record
 
 
 def to_messages(spec: str, record: dict) -> list[dict]:
@@ -191,7 +217,7 @@ def to_messages(spec: str, record: dict) -> list[dict]:
     if spec == "completion_v1":
         return [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["completion"]}]
     if spec == "syllo_v1":
-        from skills import syllo
+        from skills import syllo_v1 as syllo
 
         return syllo.record_to_chat(record)["messages"]
     raise ValueError(f"unknown spec {spec!r}")

@@ -2,8 +2,14 @@
 
     dojo validate FILE [--depth quick|standard|deep] [--spec NAME]     exit 0 when accepted
 
-QUICK checks the spec (``validation/specs.py``, pandera), STANDARD adds tokenised lengths against
-``data.max_length`` with the configured tokenizer, DEEP adds the content checks (``validation/content.py``).
+QUICK checks the spec (``validation/specs.py``, pandera), DEEP adds the content checks (``validation/content.py``),
+STANDARD renders and tokenizes every line exactly as training will (``render``, ``too_long`` against
+``data.max_length``). Tokenizing is the model layer's job, so STANDARD takes a ``tokenize`` callable from it
+(``model/data.py`` builds it from the config and feeds the tokenized cache from the same pass).
+
+This one streaming reader and this one rule set serve the gate, ``dojo validate``, ``dojo pack-check`` and
+training: training is the same check at STANDARD depth, strict (any rejected line refuses the file), so every
+line the gate accepts, training accepts.
 Every finding names the file, the line, the rule (``name@version``) and the value. A line with an error is
 rejected; warnings are reported. The file is accepted when its valid share reaches ``validation.accept_ratio``
 (default 95%): then its valid lines may be trained and its rejected lines are kept, with their reasons, by
@@ -21,15 +27,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Callable, Iterator
+
 from dojo.lineage import read_sidecar
 from validation import content, specs
 from validation.errors import Issue, show_value
 
 VALIDATOR_NAME = "dojo.validate"
-VALIDATOR_VERSION = "1.0.0"
+VALIDATOR_VERSION = "2.0.0"    # 2: one reader and rule set for gate and training, multi-turn rendering
 VALIDATOR = f"{VALIDATOR_NAME}@{VALIDATOR_VERSION}"
 MAX_LINE_BYTES = 1 << 20      # a single example larger than 1 MiB is not chat data
 DEPTHS = ("quick", "standard", "deep")
+BATCH = 4096                  # records per pandera batch: memory stays flat on files of millions of lines
 
 
 @dataclass
@@ -43,7 +52,8 @@ class FileReport:
     warnings: list[Issue] = field(default_factory=list)
     file_issues: list[Issue] = field(default_factory=list)
     accept_ratio: float = 0.95
-    messages: dict[int, list[dict]] = field(default_factory=dict, repr=False)   # line -> chat messages
+    examples: int = 0                                # training examples the accepted lines make (STANDARD)
+    rewritten_turns: int = 0                         # assistant turns the chat template rendered differently
 
     @property
     def valid_ratio(self) -> float:
@@ -71,6 +81,7 @@ class FileReport:
             "total": self.total, "accepted": len(self.accepted_lines), "rejected": len(self.rejected),
             "valid_ratio": round(self.valid_ratio, 6), "accept_ratio": self.accept_ratio,
             "outcome": "accepted" if self.accepted else "rejected",
+            "examples": self.examples, "rewritten_turns": self.rewritten_turns,
             "rejected_by_rule": self.rejected_by_rule(), "warnings_by_rule": self.warnings_by_rule(),
             "file_issues": [str(i) for i in self.file_issues],
         }
@@ -80,6 +91,9 @@ class FileReport:
         lines = [f"{self.file}: {verdict} — spec {self.spec or '?'}, depth {self.depth}, {VALIDATOR}",
                  f"  {len(self.accepted_lines)}/{self.total} lines valid ({self.valid_ratio:.1%}; "
                  f"the bar is {self.accept_ratio:.0%})"]
+        if self.examples:
+            lines.append(f"  {self.examples} training examples; the chat template rewrote {self.rewritten_turns} "
+                         f"assistant turn(s) (trained as rendered, never refused)")
         lines += [f"  file: {i}" for i in self.file_issues]
         if self.rejected:
             lines.append("  rejected lines by rule: " + ", ".join(f"{r} {n}" for r, n in
@@ -99,19 +113,74 @@ def resolve_spec(path: Path, explicit: str | None) -> tuple[str | None, dict | N
     return explicit or (meta or {}).get("spec"), meta
 
 
-def validate_file(path: str | Path, cfg, depth: str | None = None, spec: str | None = None,
-                  tokenizer=None) -> FileReport:
-    """Validate ``path`` at ``depth`` (default ``cfg.validation.depth``). Never modifies the file."""
+def iter_records(path: Path, report: FileReport, warn, reject) -> Iterator[tuple[int, object]]:
+    """The one JSONL reader: (line number, parsed record) for every line that parses, streaming.
+
+    Counts examples into ``report.total``; a line that cannot be read (too large, not UTF-8, not JSON) goes
+    to ``reject``; a BOM, CRLF endings and blank lines go to ``warn``. Raises OSError when unreadable."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                warn(1, "bom", "the file starts with a UTF-8 byte-order mark (ignored)")
+                line = line[3:]
+            line = line[:-1] if line.endswith(b"\n") else line
+            if line.endswith(b"\r"):
+                line = line[:-1]
+                if not any(w.rule.startswith("line_endings") for w in report.warnings):
+                    warn(number, "line_endings", "CRLF line endings (accepted)")
+            if not line.strip():
+                warn(number, "blank_line", "blank line skipped (no example)")
+                continue
+            report.total += 1
+            if len(line) > MAX_LINE_BYTES:
+                reject(number, "line_too_large", f"the line is {len(line)} bytes (limit {MAX_LINE_BYTES}); "
+                                                 f"not parsed", str(len(line)))
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reject(number, "encoding", "not valid UTF-8", show_value(line[max(0, exc.start - 8):exc.start + 8]))
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as exc:
+                reject(number, "json_syntax", f"not valid JSON ({exc.msg} at column {exc.colno})", show_value(text))
+
+
+def _batches(items: Iterator, size: int) -> Iterator[dict]:
+    batch = {}
+    for number, record in items:
+        batch[number] = record
+        if len(batch) >= size:
+            yield batch
+            batch = {}
+    if batch:
+        yield batch
+
+
+# tokenize(messages, source) -> list of examples (each with len()) plus the turns the template rewrote; raises
+# ValueError (model.chat.RenderError) when the template cannot render the line for training
+Tokenize = Callable[[list, str], tuple[list, int]]
+
+
+def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None = None,
+               tokenize: Tokenize | None = None,
+               on_accept: Callable[[int, list, list], None] | None = None) -> FileReport:
+    """Validate ``path`` at ``depth`` (default ``cfg.validation.depth``), streaming. Never modifies the file.
+
+    STANDARD and DEEP need ``tokenize`` (from the model layer). ``on_accept(line, examples, messages)`` receives
+    every accepted line, in file order: its tokenized examples (none at QUICK) and its chat messages."""
     path = Path(path)
     depth = depth or cfg.validation.depth
     if depth not in DEPTHS:
         raise ValueError(f"--depth {depth!r}: use one of {', '.join(DEPTHS)}")
+    if depth != "quick" and tokenize is None:
+        raise ValueError(f"depth {depth} renders and tokenizes every line: pass tokenize (model.data.check_file)")
     v = cfg.validation
     name = str(path)
     try:
         spec_name, meta = resolve_spec(path, spec)
     except ValueError as exc:
-        spec_name, meta = None, None
         report = FileReport(name, None, depth, accept_ratio=v.accept_ratio)
         report.file_issues.append(Issue(name, 0, "unreadable@1", str(exc)))
         return report
@@ -121,11 +190,6 @@ def validate_file(path: str | Path, cfg, depth: str | None = None, spec: str | N
             f"unknown spec; known: {', '.join(specs.SPECS)}"
         report.file_issues.append(Issue(name, 0, "unknown_spec@1", why, show_value(spec_name) if spec_name else ""))
         return report
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        report.file_issues.append(Issue(name, 0, "unreadable@1", str(exc)))
-        return report
 
     def warn(line, rule, message, value=""):
         if rule not in v.disabled:
@@ -134,127 +198,89 @@ def validate_file(path: str | Path, cfg, depth: str | None = None, spec: str | N
     def reject(line, rule, message, value="", version="1"):
         report.rejected.setdefault(line, []).append(Issue(name, line, f"{rule}@{version}", message, value))
 
-    if raw.startswith(b"\xef\xbb\xbf"):
-        warn(1, "bom", "the file starts with a UTF-8 byte-order mark (ignored)")
-        raw = raw[3:]
-    records: dict[int, object] = {}
-    parts = raw.split(b"\n")
-    for number, line in enumerate(parts, start=1):
-        if number == len(parts) and not line:
-            break                                       # the file's final newline, not a blank line
-        if line.endswith(b"\r"):
-            line = line[:-1]
-            if not any(w.rule.startswith("line_endings") for w in report.warnings):
-                warn(number, "line_endings", "CRLF line endings (accepted)")
-        if not line.strip():
-            warn(number, "blank_line", "blank line skipped (no example)")
-            continue
-        report.total += 1
-        if len(line) > MAX_LINE_BYTES:
-            reject(number, "line_too_large", f"the line is {len(line)} bytes (limit {MAX_LINE_BYTES}); not parsed",
-                   str(len(line)))
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            reject(number, "encoding", "not valid UTF-8", show_value(line[max(0, exc.start - 8):exc.start + 8]))
-            continue
-        try:
-            records[number] = json.loads(text)
-        except json.JSONDecodeError as exc:
-            reject(number, "json_syntax", f"not valid JSON ({exc.msg} at column {exc.colno})", show_value(text))
-    if report.total == 0:
-        report.file_issues.append(Issue(name, 0, "empty_file@1", "the file holds no examples"))
-        return report
-
-    for number, (rule, message) in specs.check_records(spec_name, records).items():
-        reject(number, rule, message, show_value(records[number]), specs.SPEC_VERSION)
-    valid = {n: specs.to_messages(spec_name, r) for n, r in records.items() if n not in report.rejected}
-
-    if depth in ("standard", "deep") and "too_long" not in v.disabled:
-        from model.chat import RenderError, tokenize_example, with_system_prompt
-        from model.loading import load_tokenizer
-        from model.profiles import resolve
-
-        tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-        profile, system_prompt = resolve(cfg.data.profile, cfg.data.system_prompt)   # exactly what training renders
-        for number, messages in valid.items():
-            try:
-                n = len(tokenize_example(with_system_prompt(profile.transform(messages), system_prompt), tokenizer))
-            except RenderError as exc:
-                reject(number, "render", str(exc))
-                continue
-            if n > cfg.data.max_length:
-                reject(number, "too_long", f"{n} tokens after rendering, longer than data.max_length="
-                                           f"{cfg.data.max_length} (never truncated)", str(n), content.RULE_VERSION)
+    checker = None
     if depth == "deep":
         checker = content.DeepChecker(v, (meta or {}).get("skill") or ("syllo" if spec_name == "syllo_v1" else None))
-        for number, messages in valid.items():
-            if number in report.rejected:
-                continue
-            for f in checker.at(number).check(messages):
-                if f.rule in v.disabled:
-                    continue
-                if f.rule in v.warnings:
-                    report.warnings.append(Issue(name, number, content.versioned(f.rule), f.message, f.value))
-                else:
-                    reject(number, f.rule, f.message, f.value, content.RULE_VERSION)
-    report.accepted_lines = sorted(n for n in valid if n not in report.rejected)
-    report.messages = {n: valid[n] for n in report.accepted_lines}
+    try:
+        for batch in _batches(iter_records(path, report, warn, reject), BATCH):
+            for number, (rule, message, value) in specs.check_records(spec_name, batch).items():
+                reject(number, rule, message, show_value(value), specs.SPEC_VERSION)
+            for number, record in batch.items():
+                if number not in report.rejected:
+                    _check_line(report, cfg, number, specs.to_messages(spec_name, record), checker, tokenize,
+                                on_accept, reject)
+    except OSError as exc:
+        report.file_issues.append(Issue(name, 0, "unreadable@1", str(exc)))
+        return report
+    if report.total == 0:
+        report.file_issues.append(Issue(name, 0, "empty_file@1", "the file holds no examples"))
     return report
+
+
+def _check_line(report: FileReport, cfg, number: int, messages: list, checker, tokenize, on_accept, reject) -> None:
+    """DEEP content rules, then STANDARD (render + tokenize + length); an accepted line is recorded."""
+    v = cfg.validation
+    if checker is not None:
+        for f in checker.at(number).check(messages):
+            if f.rule in v.disabled:
+                continue
+            if f.rule in v.warnings:
+                report.warnings.append(Issue(report.file, number, content.versioned(f.rule), f.message, f.value))
+            else:
+                reject(number, f.rule, f.message, f.value, content.RULE_VERSION)
+        if number in report.rejected:
+            return
+    examples, rewritten = [], 0
+    if tokenize is not None:
+        try:
+            examples, rewritten = tokenize(messages, f"{report.file}:{number}")
+        except ValueError as exc:           # model.chat.RenderError
+            reject(number, "render", str(exc), "", content.RULE_VERSION)
+            return
+        longest = max(len(e) for e in examples)
+        if longest > cfg.data.max_length and "too_long" not in v.disabled:
+            reject(number, "too_long", f"{longest} tokens after rendering, longer than data.max_length="
+                                       f"{cfg.data.max_length} (never truncated)", str(longest), content.RULE_VERSION)
+            return
+    report.accepted_lines.append(number)
+    report.examples += len(examples)
+    report.rewritten_turns += rewritten
+    if on_accept is not None:
+        on_accept(number, examples, messages)
 
 
 def write_split(report: FileReport, source: str | Path, accepted_path: Path | None, rejected_path: Path) -> None:
     """Keep everything: the accepted lines verbatim in ``accepted_path`` (if given), and every rejected line
-    with its reasons in ``rejected_path`` (JSONL: line, rules, messages, the raw text)."""
-    raw = Path(source).read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    lines = raw.split(b"\n")
+    with its reasons in ``rejected_path`` (JSONL: line, rules, messages, the raw text). Streams the source."""
     keep = set(report.accepted_lines)
-    if accepted_path is not None:
-        with open(accepted_path, "wb") as f:
-            for n in report.accepted_lines:
-                f.write(lines[n - 1].rstrip(b"\r") + b"\n")
-    with open(rejected_path, "w", encoding="utf-8") as f:
-        for n in sorted(report.rejected):
-            assert n not in keep
-            issues = report.rejected[n]
-            f.write(json.dumps({"line": n, "rules": [i.rule for i in issues], "messages": [i.message for i in issues],
-                                "raw": lines[n - 1].decode("utf-8", errors="backslashreplace")},
-                               ensure_ascii=False) + "\n")
+    out = open(accepted_path, "wb") if accepted_path is not None else None
+    try:
+        with open(source, "rb") as src, open(rejected_path, "w", encoding="utf-8") as rej:
+            for number, line in enumerate(src, start=1):
+                if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
+                line = line.rstrip(b"\n").rstrip(b"\r")
+                if number in keep and out is not None:
+                    out.write(line + b"\n")
+                elif number in report.rejected:
+                    issues = report.rejected[number]
+                    rej.write(json.dumps({"line": number, "rules": [i.rule for i in issues],
+                                          "messages": [i.message for i in issues],
+                                          "raw": line.decode("utf-8", errors="backslashreplace")},
+                                         ensure_ascii=False) + "\n")
+    finally:
+        if out is not None:
+            out.close()
 
 
-def read_examples(path: str | Path, spec: str | None = None):
-    """The examples of a file for training, strictly: any bad line refuses the whole file (DataError listing
-    every one). chat_sft_v1 files are read by ``validation.chat``; other specs (from ``spec`` or the sidecar)
-    are checked by their pandera schema and converted to chat messages. A file with no sidecar and no
-    ``spec`` is read as chat_sft_v1 (``dojo train`` on a plain chat file); the queue's gate, in front of
-    unattended training, is deny-by-default instead.
-    """
-    from validation.chat import ChatExample, read_chat_file
+def read_examples(path: str | Path, cfg, spec: str | None = None) -> list[tuple[int, list[dict]]]:
+    """(line, chat messages) of every line, strictly at QUICK depth: any rejected line raises DataError listing
+    every one (file, line, rule@version, value)."""
     from validation.errors import DataError
 
-    path = Path(path)
-    spec_name, _ = resolve_spec(path, spec)
-    spec_name = spec_name or "chat_sft_v1"
-    if spec_name == "chat_sft_v1":
-        return read_chat_file(path)
-    if spec_name not in specs.SPECS:
-        raise DataError([Issue(str(path), 0, "unknown_spec", f"unknown spec; known: {', '.join(specs.SPECS)}",
-                               show_value(spec_name))])
-    issues, records = [], {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            records[number] = json.loads(line)
-        except json.JSONDecodeError as exc:
-            issues.append(Issue(str(path), number, "json_syntax", f"not valid JSON ({exc.msg})", show_value(line)))
-    for number, (rule, message) in sorted(specs.check_records(spec_name, records).items()):
-        issues.append(Issue(str(path), number, rule, message, show_value(records[number])))
+    out: list[tuple[int, list[dict]]] = []
+    report = check_file(path, cfg, "quick", spec, on_accept=lambda line, _, messages: out.append((line, messages)))
+    issues = report.file_issues + [i for n in sorted(report.rejected) for i in report.rejected[n]]
     if issues:
-        raise DataError(sorted(issues, key=lambda i: i.line))
-    if not records:
-        raise DataError([Issue(str(path), 0, "empty_file", "the file holds no examples")])
-    return [ChatExample(tuple(specs.to_messages(spec_name, r)), str(path), n) for n, r in records.items()]
+        raise DataError(issues)
+    return out

@@ -134,7 +134,7 @@ def build() -> None:
          accepted=True, note="an empty line after line 6 and a whitespace-only one later (skipped, not examples)")
 
     # ---- chat_sft_v1 structure
-    bad_line("missing_messages", {"id": "q-0012", "metadata": {"source": "forum"}}, 3, "messages_type@1",
+    bad_line("missing_messages", {"id": "q-0012", "metadata": {"source": "forum"}}, 3, "missing_messages@1",
              note="an object without a 'messages' key")
     bad_line("messages_not_list", {"messages": "user: hi / assistant: hello"}, 11, "messages_type@1",
              note="'messages' is a string, not a list")
