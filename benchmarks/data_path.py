@@ -113,7 +113,10 @@ def scenario(name: str, config: str, data: str) -> dict:
         from dojo.gate import admit
         assert admit(cfg, data).accepted
     elif name == "first_chunk":
-        from dojo import pipeline
+        try:
+            from dojo import steps as pipeline
+        except ImportError:
+            from dojo import pipeline
         claimed = pipeline.claim(cfg)
         outcome = pipeline.check_claimed(cfg, claimed)
         assert outcome.accepted

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dojo import config as config_mod  # noqa: E402
-from dojo.lineage import write_sidecar  # noqa: E402
+from dojo.sidecar import write_sidecar  # noqa: E402
 from skills import bin as bin_skill  # noqa: E402
 from validation.validate import DEPTHS, validate_file  # noqa: E402
 

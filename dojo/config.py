@@ -71,6 +71,7 @@ class DataConfig:
         "multi-turn policy: rendered = one example, every assistant turn trained as the template renders it; "
         "expand = one example per assistant turn (its reasoning kept); auto = expand only when the template "
         "drops a turn's reasoning", "auto")
+    num_proc: int = doc("processes that render and tokenize a large file (0 = every CPU, at most 8; 1 = none)", 0)
     val_fraction: float = doc("share of a file's examples held out for validation loss", 0.02)
     val_max_examples: int = doc("cap on held-out validation examples per file", 64)
 
@@ -104,6 +105,17 @@ class MaskingConfig:
     min_masked_ratio: float = doc("warn when the share of label=-100 tokens is below this (never refuses)", 0.10)
     max_masked_ratio: float = doc("warn when the share of label=-100 tokens is above this (never refuses)", 0.98)
     check_rows: int = doc("packed rows checked before training (0 = all)", 0)
+
+
+# The rule names validation.warnings / validation.disabled accept. The rules themselves live in
+# validation/content.py (and the reader's warnings in validation/validate.py); the names are here because config
+# is checked when it is loaded and sits below validation (docs/architecture.md, Layers).
+STANDARD_RULES = ("too_long",)
+DEEP_RULES = ("duplicate", "near_duplicate", "answer_in_prompt", "degenerate_answer", "broken_json", "encoding",
+              "length_ratio")
+READER_WARNINGS = ("bom", "line_endings", "blank_line")
+DOWNGRADABLE = DEEP_RULES + READER_WARNINGS
+DISABLEABLE = DOWNGRADABLE + STANDARD_RULES     # too_long may be disabled, never downgraded: dojo never truncates
 
 
 @dataclass(frozen=True)
@@ -215,6 +227,7 @@ def _check_values(cfg: Config) -> None:
         ("masking.max_masked_ratio", cfg.masking.min_masked_ratio <= cfg.masking.max_masked_ratio <= 1.0,
          "a number in [masking.min_masked_ratio, 1]"),
         ("masking.check_rows", cfg.masking.check_rows >= 0, "an integer >= 0"),
+        ("data.num_proc", cfg.data.num_proc >= 0, "an integer >= 0"),
         ("eval.batch_size", cfg.eval.batch_size >= 1, "an integer >= 1"),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens >= 1, "an integer >= 1"),
         ("eval.show_failures", cfg.eval.show_failures >= 0, "an integer >= 0"),
@@ -249,8 +262,6 @@ def _check_values(cfg: Config) -> None:
     if unknown:
         raise ValueError(f"config curriculum.skills: {unknown[0]!r} is not allowed; use skills from "
                          f"{', '.join(SKILLS)}")
-    from validation.content import DISABLEABLE, DOWNGRADABLE
-
     for key, names, known in (("validation.warnings", cfg.validation.warnings, DOWNGRADABLE),
                               ("validation.disabled", cfg.validation.disabled, DISABLEABLE)):
         for name in names:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dojo import lineage_stats, queue
-from dojo.lineage import read_sidecar, sidecar_path
+from dojo.sidecar import read_sidecar, sidecar_path
 from dojo.storage import sha256_file
 from validation.validate import FileReport, write_split
 
@@ -41,7 +41,7 @@ class Admission:
 
 def record(cfg, data_file: Path, report: FileReport, sha256: str, extra: dict | None = None) -> dict:
     """Sidecar + lineage statistics for one validation; returns the validation dict."""
-    from dojo.lineage import record_validation
+    from dojo.sidecar import record_validation
 
     validation = {**report.to_dict(), "sha256": sha256, **(extra or {})}
     meta = record_validation(data_file, validation)

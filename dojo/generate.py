@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from dojo.lineage import write_sidecar
+from dojo.sidecar import write_sidecar
 import skills
 
 

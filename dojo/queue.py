@@ -5,7 +5,7 @@ Layout under the storage root (``cfg.root``)::
     inbox/  queue/{high,normal,low}/  processing/  done/  failed/  trash/
 
 A data file ``NAME.jsonl`` always travels with its companions ``NAME.meta.json`` (the sidecar, see
-``dojo.lineage``) and, once it has failed, ``NAME.reason.txt``. A file's identity is the sha256 of its content;
+``dojo.sidecar``) and, once it has failed, ``NAME.reason.txt``. A file's identity is the sha256 of its content;
 its ID is the first 12 hex characters. The state of a file is the folder its data file is in.
 
 Moves are ``os.rename`` on one filesystem (atomic) and idempotent: asking for a move that has already happened
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dojo.lineage import read_sidecar, sidecar_path
+from dojo.sidecar import read_sidecar, sidecar_path
 
 PRIORITIES = ("high", "normal", "low")
 STATES = ("inbox", "queued", "processing", "done", "failed", "trash")

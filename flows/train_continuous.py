@@ -1,4 +1,4 @@
-"""train/continuous — on the training pool: claim the best queued file, gate it, train one chunk, save, hand
+"""train/continuous — on the training pool: claim the best queued file, re-check it, train one chunk, save, hand
 the checkpoint to evaluate/checkpoint without waiting, next; top the queue up from the curriculum; stop on
 cancel, max_chunks or max_hours. Only one runs per storage root (a lock); at start it returns files orphaned
 by a killed run to the queue. On cancel the claimed file goes back to the queue unless its chunk was saved."""
@@ -32,7 +32,7 @@ def continuous(max_chunks: int = -1, max_hours: float = -1.0, steps_per_chunk: i
             if claimed is None:
                 time.sleep(10)            # nothing queued and no top-up (curriculum.low_water 0): poll
                 continue
-            outcome = t.gate(cfg, claimed)
+            outcome = t.check_claimed(cfg, claimed)
             if not outcome.accepted:
                 continue
             try:

@@ -161,6 +161,11 @@ def tokenize_pieces(pieces, tokenizer) -> tuple[list[int], list[int]]:
     A fast tokenizer encodes all pieces in one batch call (the same ids as one call per piece)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
+        if backend.padding is not None or backend.truncation is not None:
+            # a padded batch call (model/evaluate.py) leaves padding set on the shared backend; the wrapper
+            # sets both again on every call of its own, so clearing them here changes nothing for it
+            backend.no_padding()
+            backend.no_truncation()
         encoded = [e.ids for e in backend.encode_batch([p for p, _ in pieces], add_special_tokens=False)]
     else:
         encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _ in pieces]

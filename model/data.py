@@ -57,16 +57,78 @@ class Rendering:
         profile, system_prompt = resolve(cfg.data.profile, cfg.data.system_prompt)
         return cls(profile.name, system_prompt, cfg.data.multi_turn)
 
-    def tokenizer_for(self, tokenizer):
+    def tokenize(self, messages, tokenizer, source: str):
+        """(examples, turns the template rewrote) of one line, or the RenderError that refuses it."""
+        from model.chat import RenderError
         from model.profiles import get_profile
 
-        transform = get_profile(self.profile).transform
+        try:
+            examples = tokenize_conversation(with_system_prompt(get_profile(self.profile).transform(messages),
+                                                                self.system_prompt), tokenizer, source,
+                                             self.multi_turn)
+        except RenderError as exc:
+            return exc
+        return examples, sum(e.rewritten for e in examples)
 
-        def tokenize(messages, source: str):
-            examples = tokenize_conversation(with_system_prompt(transform(messages), self.system_prompt), tokenizer,
-                                             source, self.multi_turn)
-            return examples, sum(e.rewritten for e in examples)
-        return tokenize
+    def tokenizer_for(self, tokenizer, num_proc: int = 1) -> "BatchTokenizer":
+        return BatchTokenizer(self, tokenizer, num_proc)
+
+
+_WORKER: tuple | None = None        # (rendering, tokenizer), inherited by forked tokenizing processes
+POOL_MIN_LINES = 512                # batches smaller than this are tokenized in-process
+
+
+def _tokenize_items(items):
+    rendering, tokenizer = _WORKER
+    return [rendering.tokenize(messages, tokenizer, source) for messages, source in items]
+
+
+class BatchTokenizer:
+    """``validation.validate``'s tokenize callable: a batch of (messages, source) → one result per line, in
+    order. With ``num_proc`` > 1, large batches are spread over forked processes (the tokenizer is inherited,
+    not pickled); call ``close`` (or use it as a context manager) to stop them."""
+
+    def __init__(self, rendering: Rendering, tokenizer, num_proc: int = 1):
+        self.rendering, self.tokenizer, self.num_proc = rendering, tokenizer, num_proc
+        self._pool = None
+
+    def __call__(self, items: list) -> list:
+        if self.num_proc <= 1 or len(items) < POOL_MIN_LINES:
+            return [self.rendering.tokenize(m, self.tokenizer, s) for m, s in items]
+        if self._pool is None:
+            import multiprocessing
+
+            global _WORKER
+            _WORKER = (self.rendering, self.tokenizer)
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")   # each worker is one process already
+            self._pool = multiprocessing.get_context("fork").Pool(self.num_proc)
+        size = -(-len(items) // (4 * self.num_proc))
+        chunks = [items[i:i + size] for i in range(0, len(items), size)]
+        return [r for chunk in self._pool.map(_tokenize_items, chunks) for r in chunk]
+
+    def single(self, messages, source: str):
+        """One line, raising its RenderError (for callers outside the file check)."""
+        result = self.rendering.tokenize(messages, self.tokenizer, source)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def num_proc(cfg) -> int:
+    """Processes for tokenizing a file: ``data.num_proc``, or (0 = auto) every CPU, at most 8."""
+    return cfg.data.num_proc or min(8, os.cpu_count() or 1)
 
 
 _TOKENIZER_IDS: dict[int, tuple[object, str]] = {}
@@ -101,7 +163,7 @@ def verdict_key(cfg) -> str:
     """What an admission verdict depends on besides the file: validator version and the config that decides
     it (validation rules, rendering, length, tokenizer source). Equal keys mean the verdict can be reused."""
     parts = {"validator": VALIDATOR, "data_version": DATA_VERSION, "validation": cfg.to_dict()["validation"],
-             "data": {k: v for k, v in cfg.to_dict()["data"].items() if k not in ("val_fraction", "val_max_examples")},
+             "data": {k: v for k, v in cfg.to_dict()["data"].items() if k not in ("val_fraction", "val_max_examples", "num_proc")},
              "model": cfg.model.name_or_path}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -173,11 +235,12 @@ class CacheBuild:
         dest = self.base / key
         (self.tmp / "meta.json").write_text(json.dumps({**meta, "examples": self.examples, "lines": self.lines,
                                                         "rewritten_turns": self.rewritten}, indent=2) + "\n")
-        if (dest / "meta.json").exists():
-            self.discard()
-            return dest
-        shutil.rmtree(dest, ignore_errors=True)     # an uncommitted leftover of a killed build (ours, not user data)
-        os.rename(self.tmp, dest)
+        try:
+            os.rename(self.tmp, dest)               # the whole folder at once: a published entry is always complete
+        except OSError:
+            if not (dest / "meta.json").exists():
+                raise
+            self.discard()                          # another process published the same entry first
         return dest
 
     def discard(self) -> None:
@@ -203,12 +266,11 @@ def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None
         from model.loading import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    rendering = Rendering.of(cfg)
-    tokenize = rendering.tokenizer_for(tokenizer)
     build = CacheBuild(cfg.root) if build_cache else None
     on_accept = (lambda line, examples, messages: build.add(line, examples, line_group(messages))) if build else None
     try:
-        report = check_lines(path, cfg, depth, spec, tokenize, on_accept)
+        with Rendering.of(cfg).tokenizer_for(tokenizer, num_proc(cfg)) as tokenize:
+            report = check_lines(path, cfg, depth, spec, tokenize, on_accept)
     except BaseException:
         if build:
             build.discard()
@@ -243,10 +305,9 @@ def tokenize_file(cfg, path: str | Path, tokenizer) -> tuple[FileReport, list]:
     """Every training example of ``path`` in memory, strictly (DataError on any rejected line), without touching
     the cache: for ``dojo pack-check`` and tests on files that are not queued."""
     examples: list = []
-    rendering = Rendering.of(cfg)
-    tokenize = rendering.tokenizer_for(tokenizer)
-    report = check_lines(path, cfg, "standard", _spec_or_unreadable(path), tokenize,
-                         lambda line, exs, _: examples.extend(exs))
+    with Rendering.of(cfg).tokenizer_for(tokenizer, num_proc(cfg)) as tokenize:
+        report = check_lines(path, cfg, "standard", _spec_or_unreadable(path), tokenize,
+                             lambda line, exs, _: examples.extend(exs))
     issues = report.file_issues + [i for n in sorted(report.rejected) for i in report.rejected[n]]
     if issues:
         raise DataError(issues)
@@ -347,12 +408,19 @@ class PreparedData:
         return len(self.plan)
 
 
-def holdout_mask(groups: list[str], fraction: float, cap: int) -> np.ndarray:
-    """True for held-out examples: the lines with the smallest content hashes (the same ones every chunk)."""
-    distinct = sorted(set(groups))
+def holdout_mask(groups, fraction: float, cap: int) -> np.ndarray:
+    """True for held-out examples: the lines with the smallest content hashes (the same ones every chunk).
+    ``groups`` is an Arrow string column (or a list); computed in Arrow, no Python list per example."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    groups = groups if isinstance(groups, (pa.Array, pa.ChunkedArray)) else pa.array(groups, pa.string())
+    distinct = pc.unique(groups)
     n_val = min(cap, int(len(distinct) * fraction))
-    chosen = set(distinct[:n_val])
-    return np.fromiter((g in chosen for g in groups), dtype=bool, count=len(groups))
+    if n_val == 0:
+        return np.zeros(len(groups), dtype=bool)
+    chosen = pc.take(distinct, pc.array_sort_indices(distinct)[:n_val])
+    return pc.is_in(groups, value_set=chosen).to_numpy(zero_copy_only=False)
 
 
 def prepare(cfg, path: str | Path, tokenizer, sha256: str | None = None) -> PreparedData:
@@ -370,8 +438,7 @@ def prepare(cfg, path: str | Path, tokenizer, sha256: str | None = None) -> Prep
         plan, val_plan = PackPlan(saved["order"], saved["starts"]), PackPlan(saved["val_order"], saved["val_starts"])
         masking = _report_from_dict(json.loads(report_file.read_text()))
     else:
-        held = holdout_mask(data.dataset.data.column("group").to_pylist(), cfg.data.val_fraction,
-                            cfg.data.val_max_examples)
+        held = holdout_mask(data.dataset.data.column("group"), cfg.data.val_fraction, cfg.data.val_max_examples)
         train_idx, val_idx = np.flatnonzero(~held), np.flatnonzero(held)
         plan = _plan(train_idx, lengths, cfg.data.max_length)
         val_plan = _plan(val_idx, lengths, cfg.data.max_length)

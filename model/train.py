@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from dojo.config import Config
-from dojo.lineage import read_sidecar
+from dojo.sidecar import read_sidecar
 from model import checkpoint as ckpt
 from model.chat import IGNORE
 from model.data import PreparedData, prepare

@@ -1,4 +1,4 @@
-"""Prefect tasks: thin adapters over ``dojo.pipeline`` and ``model.train`` adding logging, retries where they
+"""Prefect tasks: thin adapters over ``dojo.steps`` and ``model.train`` adding logging, retries where they
 help (storage), and the artifacts users watch in the UI. Inputs and outputs are paths, ids and small frozen
 dataclasses — never models or tensors (results are not persisted; ``NO_CACHE`` everywhere: every call is real
 work on changing state)."""
@@ -11,14 +11,14 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 
-from dojo import lineage_stats, pipeline
+from dojo import lineage_stats, steps
 
 OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(**OPTS)
 def recover(cfg) -> list[str]:
-    done = pipeline.recover_orphans(cfg)
+    done = steps.recover_orphans(cfg)
     for line in done:
         get_run_logger().warning("recovered an orphaned claim: %s", line)
     return done
@@ -26,24 +26,24 @@ def recover(cfg) -> list[str]:
 
 @task(retries=2, retry_delay_seconds=5, **OPTS)
 def top_up(cfg) -> list[str]:
-    done = pipeline.top_up(cfg)
+    done = steps.top_up(cfg)
     for line in done:
         get_run_logger().info("queue top-up: %s", line)
     return done
 
 
 @task(retries=2, retry_delay_seconds=5, **OPTS)
-def claim(cfg) -> pipeline.Claimed | None:
-    return pipeline.claim(cfg)
+def claim(cfg) -> steps.Claimed | None:
+    return steps.claim(cfg)
 
 
 @task(**OPTS)
-def gate(cfg, claimed: pipeline.Claimed) -> pipeline.GateOutcome:
-    outcome = pipeline.check_claimed(cfg, claimed)
+def check_claimed(cfg, claimed: steps.Claimed) -> steps.CheckOutcome:
+    outcome = steps.check_claimed(cfg, claimed)
     v = outcome.validation
     rows = [{"field": k, "value": str(v.get(k))} for k in
             ("file", "spec", "depth", "validator", "total", "accepted", "rejected", "outcome", "sha256")]
-    from dojo.lineage import read_sidecar
+    from dojo.sidecar import read_sidecar
 
     meta = read_sidecar(claimed.path) or {}
     rows = [{"field": "generator", "value": str(meta.get("generator"))},
@@ -55,7 +55,7 @@ def gate(cfg, claimed: pipeline.Claimed) -> pipeline.GateOutcome:
     create_table_artifact(key="lineage-stats", table=lineage_stats.generator_rows(stats) or [{"generator": "none"}],
                           description="Rejections per generator@version")
     if not outcome.accepted:
-        get_run_logger().warning("gate rejected %s:\n%s", claimed.name, outcome.report)
+        get_run_logger().warning("claim-time check rejected %s:\n%s", claimed.name, outcome.report)
     return outcome
 
 
@@ -93,12 +93,12 @@ def train_chunk(cfg, train_file: str, steps: int | None, sha256: str | None = No
 
 
 @task(retries=2, retry_delay_seconds=5, **OPTS)
-def finish(cfg, claimed: pipeline.Claimed, outcome: pipeline.GateOutcome) -> None:
-    pipeline.finish_trained(cfg, claimed, outcome)
+def finish(cfg, claimed: steps.Claimed, outcome: steps.CheckOutcome) -> None:
+    steps.finish_trained(cfg, claimed, outcome)
 
 
 @task(**OPTS)
-def fail(cfg, claimed: pipeline.Claimed, reason: str) -> None:
+def fail(cfg, claimed: steps.Claimed, reason: str) -> None:
     from dojo import queue
 
     queue.finish(cfg, claimed.id, "failed", reason)
@@ -106,12 +106,12 @@ def fail(cfg, claimed: pipeline.Claimed, reason: str) -> None:
 
 @task(**OPTS)
 def evaluate_and_promote(cfg, checkpoint: str) -> dict:
-    out = pipeline.evaluate_and_promote(cfg, checkpoint)
+    out = steps.evaluate_and_promote(cfg, checkpoint)
     rows = [{"skill": out["skill"], "level": int(lv), "accuracy": round(r["accuracy"], 4), "correct": r["correct"],
              "n": r["n"], "overlaps_training": r["overlaps_training"]} for lv, r in out["levels"].items()]
     create_table_artifact(key=f"eval-{out['skill']}", table=rows, description=f"Eval of {out['checkpoint']}")
     create_markdown_artifact(key="promotion-decision", markdown=out["decision_markdown"])
-    create_table_artifact(key="curriculum-state", table=pipeline.curriculum_rows(out["curriculum"]),
+    create_table_artifact(key="curriculum-state", table=steps.curriculum_rows(out["curriculum"]),
                           description="Curriculum: mastered and training level per skill")
     logger = get_run_logger()
     logger.info("%s: %s", out["checkpoint"], ", ".join(f"L{r['level']} {r['accuracy']:.3f}" for r in rows))
@@ -123,6 +123,6 @@ def evaluate_and_promote(cfg, checkpoint: str) -> dict:
 
 @task(retries=2, retry_delay_seconds=5, **OPTS)
 def generate_curriculum_file(cfg, count: int | None = None) -> str:
-    line = pipeline.generate_for_curriculum(cfg, count)
+    line = steps.generate_for_curriculum(cfg, count)
     get_run_logger().info(line)
     return line

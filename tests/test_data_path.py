@@ -182,10 +182,10 @@ def test_own_system_prompt_is_kept_and_the_configured_one_added_otherwise(tmp_pa
                                                                           qwen3_tokenizer):
     cfg = qwen3_cfg(qwen3_small_dir, data={"system_prompt": "Today is {date}. Be exact."})
     tokenize = data.Rendering.of(cfg).tokenizer_for(qwen3_tokenizer)
-    (own,), _ = tokenize(REASONING[0]["messages"][:3], "s:1")
+    (own,), _ = tokenize.single(REASONING[0]["messages"][:3], "s:1")
     text = qwen3_tokenizer.decode(own.input_ids)
     assert text.startswith("<|im_start|>system\nThink, then answer.<|im_end|>") and "Be exact." not in text
-    (added,), _ = tokenize(CLASSIFY[0]["messages"], "s:2")
+    (added,), _ = tokenize.single(CLASSIFY[0]["messages"], "s:2")
     assert qwen3_tokenizer.decode(added.input_ids).startswith("<|im_start|>system\nToday is ")
     assert all("Be exact" not in t for t in trained_text(added, qwen3_tokenizer))
 
@@ -193,7 +193,7 @@ def test_own_system_prompt_is_kept_and_the_configured_one_added_otherwise(tmp_pa
 def test_profile_reaches_the_real_template(qwen3_small_dir, qwen3_tokenizer):
     cfg = qwen3_cfg(qwen3_small_dir, data={"profile": "emoji_think"})
     tokenize = data.Rendering.of(cfg).tokenizer_for(qwen3_tokenizer)
-    (example,), _ = tokenize(chat(("user", "Compute: add(①, ①)"), ("assistant", "add(①, ①) = ①⓪"))["messages"], "p:1")
+    (example,), _ = tokenize.single(chat(("user", "Compute: add(①, ①)"), ("assistant", "add(①, ①) = ①⓪"))["messages"], "p:1")
     [trained] = trained_text(example, qwen3_tokenizer)
     assert trained.startswith("🤔") and "add(①, ①) = ①⓪" in trained and trained.endswith("<|im_end|>")
 
@@ -210,7 +210,7 @@ def test_standard_depth_lengths_use_the_real_tokenizer(tmp_path, qwen3_small_dir
 # ---------------------------------------------------------------- tokenized once
 def test_gate_writes_the_cache_and_claim_and_chunks_never_tokenize_again(tmp_path, qwen3_small_dir,
                                                                         qwen3_tokenizer, monkeypatch):
-    from dojo import gate, pipeline
+    from dojo import gate, steps
     from model.train import train_chunk
 
     cfg = qwen3_cfg(qwen3_small_dir)
@@ -230,8 +230,8 @@ def test_gate_writes_the_cache_and_claim_and_chunks_never_tokenize_again(tmp_pat
     monkeypatch.setattr(chat_module, "tokenize_conversation", counting)
     monkeypatch.setattr(data, "tokenize_conversation", counting)
 
-    claimed = pipeline.claim(cfg)
-    outcome = pipeline.check_claimed(cfg, claimed, tokenizer=qwen3_tokenizer)
+    claimed = steps.claim(cfg)
+    outcome = steps.check_claimed(cfg, claimed, tokenizer=qwen3_tokenizer)
     assert outcome.accepted and "admission verdict reused" in outcome.report
     assert outcome.train_sha256 == claimed.sha256
     first = train_chunk(cfg, outcome.train_file, steps=1, sha256=outcome.train_sha256)
@@ -247,14 +247,14 @@ def test_gate_writes_the_cache_and_claim_and_chunks_never_tokenize_again(tmp_pat
 
 
 def test_a_hand_dropped_file_is_checked_at_claim_and_its_cache_built(tmp_path, qwen3_small_dir, qwen3_tokenizer):
-    from dojo import pipeline
+    from dojo import steps
 
     cfg = qwen3_cfg(qwen3_small_dir)
     folder = cfg.root / "queue" / "normal"
     folder.mkdir(parents=True)
     with_spec(write_jsonl(folder / "dropped.jsonl", PLAIN_MULTI))
-    claimed = pipeline.claim(cfg)
-    outcome = pipeline.check_claimed(cfg, claimed, tokenizer=qwen3_tokenizer)
+    claimed = steps.claim(cfg)
+    outcome = steps.check_claimed(cfg, claimed, tokenizer=qwen3_tokenizer)
     assert outcome.accepted and "reused" not in outcome.report
     key = data.cache_key(cfg, qwen3_tokenizer, claimed.sha256)
     assert (cfg.root / "cache" / "tokenized" / key / "meta.json").exists()

@@ -1,6 +1,7 @@
-"""The real flows end to end under prefect_test_harness on the tiny model: train/continuous claims curriculum
-files, gates them, trains chunks, saves checkpoints with ledgers, moves files to done/, and (inline here)
-evaluates, records curriculum progress and promotes; artifacts are read back through the Prefect client."""
+"""The real flows end to end under prefect_test_harness on the tiny model: train/continuous admits curriculum
+files through the gate, claims and re-checks them, trains chunks, saves checkpoints with ledgers, moves files to
+done/, and (inline here) evaluates, records curriculum progress and promotes; artifacts are read back through the
+Prefect client."""
 import json
 import os
 

@@ -7,7 +7,7 @@ import json
 from dojo import config, lineage_stats, queue
 from dojo.cli import generate_file, main
 from dojo.gate import admit
-from dojo.lineage import read_sidecar
+from dojo.sidecar import read_sidecar
 from tests.helpers import write_jsonl
 
 

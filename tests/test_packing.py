@@ -97,6 +97,20 @@ def test_bin_example_trains_only_the_completion(tokenizer):
     assert problem.prompt in masked_text(ex, tokenizer)
 
 
+def test_tokenizing_ignores_padding_left_on_the_tokenizer_by_a_batch_call():
+    """model/evaluate.py pads prompt batches on the left; the fast tokenizer keeps that padding set on its backend,
+    and a training example tokenized afterwards with the same tokenizer must not start with pad tokens."""
+    from model.loading import load_tokenizer
+
+    tok = load_tokenizer(TINY_MODEL_DIR)         # its own: the session tokenizer must keep its state
+    messages = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]
+    before = tokenize_example(messages, tok)
+    tok.padding_side = "left"
+    tok(["a", "a much longer prompt than the first"], padding=True, add_special_tokens=False)
+    after = tokenize_example(messages, tok)
+    assert after == before and tok.pad_token_id not in after.input_ids
+
+
 @pytest.mark.parametrize("answer", ["in", "k", "n", "think", "</think>?", "Yes"])
 def test_short_answer_that_occurs_in_the_header_or_think_scaffold(tokenizer, answer):
     """An answer that also occurs in '<think>\n\n</think>' must still be found where it really stands (before

@@ -15,7 +15,7 @@ import pytest
 from dojo import cli
 from dojo import config as C
 from dojo import queue as Q
-from dojo.lineage import sidecar_path, write_sidecar
+from dojo.sidecar import sidecar_path, write_sidecar
 from tests.helpers import chat, write_jsonl
 
 
@@ -336,16 +336,16 @@ def test_claim_sends_a_file_with_a_broken_sidecar_to_failed_and_takes_the_next(c
 
 
 def test_recover_orphans_fails_a_file_with_a_broken_sidecar_in_processing(cfg, tmp_path):
-    from dojo import pipeline
+    from dojo import steps
 
     path, data, side = hand_dropped(cfg, tmp_path, "processing")
-    out = pipeline.recover_orphans(cfg)                                  # must not raise
+    out = steps.recover_orphans(cfg)                                  # must not raise
     assert len(out) == 1 and "broken" in out[0]
     failed = cfg.root / "failed" / "hand.jsonl"
     assert not path.exists() and failed.read_bytes() == data and sidecar_path(failed).read_bytes() == side
     reason = (cfg.root / "failed" / "hand.reason.txt").read_text()
     assert "hand.meta.json" in reason and "not valid JSON" in reason
-    assert pipeline.recover_orphans(cfg) == []                           # the next start is clean
+    assert steps.recover_orphans(cfg) == []                           # the next start is clean
 
 
 def test_same_name_from_two_priorities_never_overwrites_in_processing(cfg, tmp_path):

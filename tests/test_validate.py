@@ -11,7 +11,7 @@ import yaml
 
 from dojo import cli
 from dojo import config as C
-from dojo.lineage import write_sidecar
+from dojo.sidecar import write_sidecar
 from tests.helpers import chat
 from model.data import validate_file
 from validation.validate import DEPTHS, VALIDATOR, read_examples, write_split

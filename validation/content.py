@@ -22,14 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 RULE_VERSION = "1"
-STANDARD_RULES = ("too_long",)
-DEEP_RULES = ("duplicate", "near_duplicate", "answer_in_prompt", "degenerate_answer", "broken_json", "encoding",
-              "length_ratio")
-# Rules of the file reader that are warnings (validation/validate.py); like DEEP_RULES they may be listed in
-# validation.warnings / validation.disabled. too_long may be disabled but never downgraded: dojo never truncates.
-READER_WARNINGS = ("bom", "line_endings", "blank_line")
-DOWNGRADABLE = DEEP_RULES + READER_WARNINGS
-DISABLEABLE = DOWNGRADABLE + STANDARD_RULES
+# A new rule needs its name in dojo/config.py too (STANDARD_RULES / DEEP_RULES): config, which sits below
+# validation, checks validation.warnings and validation.disabled against those names when it is loaded.
 MOJIBAKE = re.compile(r"Ã[\u0080-\u00bf]|â€[\u0080-\u00ff\u2018-\u201e\u2122]|Â[\u00a0-\u00bf]")
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 NON_WORD = re.compile(r"[\W_]+", re.UNICODE)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from typing import Callable, Iterator
 
-from dojo.lineage import read_sidecar
+from dojo.sidecar import read_sidecar
 from validation import content, specs
 from validation.errors import Issue, show_value
 
@@ -158,9 +158,10 @@ def _batches(items: Iterator, size: int) -> Iterator[dict]:
         yield batch
 
 
-# tokenize(messages, source) -> list of examples (each with len()) plus the turns the template rewrote; raises
-# ValueError (model.chat.RenderError) when the template cannot render the line for training
-Tokenize = Callable[[list, str], tuple[list, int]]
+# tokenize([(messages, source), ...]) -> one result per line, in order: (examples (each with len()), turns the
+# template rewrote), or the ValueError (model.chat.RenderError) raised when the template cannot render the line.
+# A batch at a time, so the model layer may spread a large file over several processes (data.num_proc).
+Tokenize = Callable[[list], list]
 
 
 def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None = None,
@@ -205,10 +206,16 @@ def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None
         for batch in _batches(iter_records(path, report, warn, reject), BATCH):
             for number, (rule, message, value) in specs.check_records(spec_name, batch).items():
                 reject(number, rule, message, show_value(value), specs.SPEC_VERSION)
+            pending = []
             for number, record in batch.items():
                 if number not in report.rejected:
-                    _check_line(report, cfg, number, specs.to_messages(spec_name, record), checker, tokenize,
-                                on_accept, reject)
+                    messages = specs.to_messages(spec_name, record)
+                    if _deep_ok(report, cfg, number, messages, checker, reject):
+                        pending.append((number, messages))
+            results = tokenize([(m, f"{name}:{n}") for n, m in pending]) if tokenize and pending else \
+                [([], 0)] * len(pending)
+            for (number, messages), result in zip(pending, results):
+                _accept_line(report, cfg, number, messages, result, tokenize is not None, on_accept, reject)
     except OSError as exc:
         report.file_issues.append(Issue(name, 0, "unreadable@1", str(exc)))
         return report
@@ -217,8 +224,8 @@ def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None
     return report
 
 
-def _check_line(report: FileReport, cfg, number: int, messages: list, checker, tokenize, on_accept, reject) -> None:
-    """DEEP content rules, then STANDARD (render + tokenize + length); an accepted line is recorded."""
+def _deep_ok(report: FileReport, cfg, number: int, messages: list, checker, reject) -> bool:
+    """The DEEP content rules of one line (when checked at DEEP); False when the line is rejected."""
     v = cfg.validation
     if checker is not None:
         for f in checker.at(number).check(messages):
@@ -228,15 +235,18 @@ def _check_line(report: FileReport, cfg, number: int, messages: list, checker, t
                 report.warnings.append(Issue(report.file, number, content.versioned(f.rule), f.message, f.value))
             else:
                 reject(number, f.rule, f.message, f.value, content.RULE_VERSION)
-        if number in report.rejected:
-            return
-    examples, rewritten = [], 0
-    if tokenize is not None:
-        try:
-            examples, rewritten = tokenize(messages, f"{report.file}:{number}")
-        except ValueError as exc:           # model.chat.RenderError
-            reject(number, "render", str(exc), "", content.RULE_VERSION)
-            return
+    return number not in report.rejected
+
+
+def _accept_line(report: FileReport, cfg, number: int, messages: list, result, tokenized: bool, on_accept,
+                 reject) -> None:
+    """STANDARD (the render and the length of every example it made); an accepted line is recorded."""
+    v = cfg.validation
+    if isinstance(result, Exception):         # model.chat.RenderError
+        reject(number, "render", str(result), "", content.RULE_VERSION)
+        return
+    examples, rewritten = result
+    if tokenized:
         longest = max(len(e) for e in examples)
         if longest > cfg.data.max_length and "too_long" not in v.disabled:
             reject(number, "too_long", f"{longest} tokens after rendering, longer than data.max_length="

@@ -1,7 +1,8 @@
-"""The continuous pipeline's logic as plain functions (the Prefect flows in ``flows/`` only wire them).
+"""The loop's steps as plain functions; the pipeline's Prefect tasks (``tasks/pipeline.py``) wrap them and the
+flows in ``flows/`` only wire them.
 
-claim → gate → train one chunk → finish → evaluate → curriculum → promote, and the queue top-up from the
-curriculum. Each function takes the Config and paths/ids and returns small frozen dataclasses or dicts, so
+claim → check_claimed → train one chunk → finish → evaluate → curriculum → promote, and the queue top-up from
+the curriculum. Each function takes the Config and paths/ids and returns small frozen dataclasses or dicts, so
 tasks can pass them around without pickling models.
 """
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dojo import gate, promotion, queue
-from dojo.lineage import read_sidecar
+from dojo.sidecar import read_sidecar
 from skills import curriculum
 
-log = logging.getLogger("dojo.pipeline")
+log = logging.getLogger("dojo.steps")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Claimed:
 
 
 @dataclass(frozen=True)
-class GateOutcome:
+class CheckOutcome:
     accepted: bool
     train_file: str | None     # what to train (the claimed file, or its valid lines when some were rejected)
     validation: dict           # FileReport.to_dict() + sha256
@@ -124,11 +125,11 @@ def reusable_verdict(cfg, claimed: Claimed, meta: dict) -> dict | None:
     return v if same else None
 
 
-def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> GateOutcome:
-    """The claim-time gate. The admission verdict is reused when it still holds (``reusable_verdict``); a file
-    dropped into queue/ by hand, or one checked under another config or validator, is checked again (and its
-    tokenized cache built). Rejected → failed/ with the report. Partly rejected → train only the valid lines;
-    the rejected ones are kept in failed/ with reasons."""
+def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> CheckOutcome:
+    """The claim-time re-check of a queued file (the admission gate is ``dojo.gate``). The admission verdict is
+    reused when it still holds (``reusable_verdict``); a file dropped into queue/ by hand, or one checked under
+    another config or validator, is checked again (and its tokenized cache built). Rejected → failed/ with the
+    report. Partly rejected → train only the valid lines; the rejected ones are kept in failed/ with reasons."""
     from model import data
     from validation.validate import write_split
 
@@ -136,9 +137,9 @@ def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> GateOutcome:
     meta = read_sidecar(path) or {}
     reused = reusable_verdict(cfg, claimed, meta)
     if reused is not None:
-        return GateOutcome(True, str(path), reused, f"{claimed.name}: admission verdict reused ({reused['validator']}, "
-                                                    f"{reused['accepted']}/{reused['total']} lines valid)",
-                           claimed.sha256)
+        return CheckOutcome(True, str(path), reused,
+                            f"{claimed.name}: admission verdict reused ({reused['validator']}, "
+                            f"{reused['accepted']}/{reused['total']} lines valid)", claimed.sha256)
     if tokenizer is None:
         from model.loading import load_tokenizer
 
@@ -149,7 +150,7 @@ def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> GateOutcome:
             build.discard()
         validation = gate.record(cfg, path, report, claimed.sha256)
         queue.finish(cfg, claimed.id, "failed", report.format(limit=50))
-        return GateOutcome(False, None, validation, report.format())
+        return CheckOutcome(False, None, validation, report.format())
     train_file, train_sha = path, claimed.sha256
     if report.rejected:
         failed = Path(cfg.root) / "failed"
@@ -162,15 +163,15 @@ def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> GateOutcome:
         train_sha = sha256_file(train_file)
         meta = read_sidecar(path) or {}
         meta["train_sha256"] = train_sha    # what the lineage will record (see recover_orphans)
-        from dojo.lineage import sidecar_path
+        from dojo.sidecar import sidecar_path
 
         sidecar_path(path).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     data.commit_cache(cfg, build, tokenizer, train_sha, str(path))
     validation = gate.record(cfg, path, report, claimed.sha256, {"verdict_key": data.verdict_key(cfg)})
-    return GateOutcome(True, str(train_file), validation, report.format(), train_sha)
+    return CheckOutcome(True, str(train_file), validation, report.format(), train_sha)
 
 
-def finish_trained(cfg, claimed: Claimed, outcome: GateOutcome) -> None:
+def finish_trained(cfg, claimed: Claimed, outcome: CheckOutcome) -> None:
     """The chunk is saved: the file is done (and a split-off training copy removed — its lines are the file's)."""
     queue.finish(cfg, claimed.id, "done")
     if outcome.train_file and Path(outcome.train_file).name.startswith(".train-"):
