@@ -12,7 +12,7 @@ Each scenario runs in a fresh Python process (``--scenario``, re-invoking this f
 ``sys.path``) and reports its wall time to the first optimizer step and its peak RSS (``ru_maxrss``):
 
 ``admit``         ``dojo queue add``: the gate checks the file (STANDARD) and queues it
-``first_chunk``   claim → claim-time gate → ``train_chunk`` → first optimizer step
+``first_chunk``   claim → claim-time re-check (``check_claimed``) → ``train_chunk`` → first optimizer step
 ``later_chunk``   ``dojo train FILE`` on the same file again → first optimizer step (a chunk on a file already seen)
 ``cold_chunk``    ``dojo train FILE`` on a file never seen (no tokenized cache) → first optimizer step
 
@@ -93,8 +93,10 @@ def config_yaml(work: Path, model_dir: Path, root: Path) -> Path:
 
 # ---------------------------------------------------------------- one scenario (the version's code)
 def scenario(name: str, config: str, data: str) -> dict:
+    import dojo
     from dojo import config as C
 
+    assert Path(dojo.__file__).resolve().is_relative_to(Path(os.getcwd()).resolve()), dojo.__file__
     cfg = C.load(config)
     started = time.perf_counter()
 
@@ -113,10 +115,10 @@ def scenario(name: str, config: str, data: str) -> dict:
         from dojo.gate import admit
         assert admit(cfg, data).accepted
     elif name == "first_chunk":
-        try:
-            from dojo import steps as pipeline
-        except ImportError:
-            from dojo import pipeline
+        import importlib
+
+        code = Path(os.getcwd())       # dojo.steps (after) or dojo.pipeline (before): whichever this version has
+        pipeline = importlib.import_module("dojo.steps" if (code / "dojo" / "steps.py").exists() else "dojo.pipeline")
         claimed = pipeline.claim(cfg)
         outcome = pipeline.check_claimed(cfg, claimed)
         assert outcome.accepted
@@ -136,7 +138,7 @@ def run_scenario(code: Path, name: str, config: Path, data: Path) -> dict:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--scenario", name, "--config", str(config),
                            "--data", str(data)], cwd=code, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{name} failed in {code}:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{name} failed in {code}:\n{proc.stderr[-6000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

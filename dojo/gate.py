@@ -92,8 +92,15 @@ def admit(cfg, file: str | Path, priority: str = "normal", depth: str | None = N
             write_split(report, staged, queued_file, rejected)
             _write_sidecar(queued_file, meta)
         queued_sha = sha256_file(queued_file) if partial else original_sha
+        refusal = None
         if report.accepted:
             data.commit_cache(cfg, build, tokenizer, queued_sha, str(src))
+            build = None
+            # the packing plan and the masking verdict, once, here: the first chunk then starts like any later one
+            masking = data.prepare(cfg, queued_file, tokenizer, queued_sha).masking
+            if not masking.ok:
+                refusal = f"{src}: the packed rows fail the masking checks; training would refuse them\n" \
+                          f"{masking.format()}"
         elif build is not None:
             build.discard()
         build = None
@@ -105,9 +112,10 @@ def admit(cfg, file: str | Path, priority: str = "normal", depth: str | None = N
             failed.mkdir(parents=True, exist_ok=True)
             rejected_path = failed / f"{entry.path.stem}.rejected.jsonl"
             os.replace(rejected, rejected_path)
-        if not report.accepted:
-            entry = queue.reject(cfg, entry.id, report.format(limit=50))
-        return Admission(entry, report.accepted, report.format(), len(report.rejected), rejected_path)
+        if not report.accepted or refusal:
+            entry = queue.reject(cfg, entry.id, refusal or report.format(limit=50))
+        return Admission(entry, report.accepted and not refusal, refusal or report.format(), len(report.rejected),
+                         rejected_path)
     finally:
         if build is not None:
             build.discard()

@@ -167,6 +167,7 @@ def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> CheckOutcome:
 
         sidecar_path(path).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     data.commit_cache(cfg, build, tokenizer, train_sha, str(path))
+    data.prepare(cfg, train_file, tokenizer, train_sha)     # plan + masking verdict now; training only opens them
     validation = gate.record(cfg, path, report, claimed.sha256, {"verdict_key": data.verdict_key(cfg)})
     return CheckOutcome(True, str(train_file), validation, report.format(), train_sha)
 

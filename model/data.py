@@ -141,9 +141,11 @@ def tokenizer_id(tokenizer) -> str:
         return hit[1]
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:       # truncation/padding are call-time settings, not the vocabulary
-        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
-        h.update(json.dumps(spec, sort_keys=True).encode())
+    if backend is not None:
+        if backend.padding is not None or backend.truncation is not None:
+            backend.no_padding()      # call-time settings a padded batch call leaves behind, not the vocabulary
+            backend.no_truncation()   # (the wrapper sets both again on every call of its own)
+        h.update(backend.to_str().encode())
     else:
         h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     h.update(b"\0" + str(tokenizer.chat_template or "").encode())

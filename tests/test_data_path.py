@@ -219,6 +219,7 @@ def test_gate_writes_the_cache_and_claim_and_chunks_never_tokenize_again(tmp_pat
     assert admission.accepted
     entries = list((cfg.root / "cache" / "tokenized").iterdir())
     assert len(entries) == 1 and (entries[0] / "meta.json").exists()
+    assert list(entries[0].glob("prepared-*.npz")) and list(entries[0].glob("prepared-*.json"))   # plan + verdict
     assert json.loads((entries[0] / "meta.json").read_text())["examples"] == 24      # 12 lines, expanded
 
     calls = []
@@ -267,3 +268,20 @@ def test_batched_piece_encoding_equals_one_call_per_piece(qwen3_tokenizer, token
                 ids, _ = chat_module.tokenize_pieces(pieces, tok)
                 one_by_one = [i for p, _ in pieces for i in tok(p, add_special_tokens=False)["input_ids"]]
                 assert ids == one_by_one
+
+
+@pytest.mark.parametrize("skill_name", ["bin", "syllo"])
+def test_eval_prompt_is_exactly_the_masked_prefix_training_saw(qwen3_tokenizer, skill_name):
+    """With the real template, what evaluation prompts the model with (model/evaluate.py: the generation prompt,
+    thinking off) is token for token the masked prefix that training put before the trained answer."""
+    from model.chat import generation_prompt, with_system_prompt
+    from skills import get
+
+    skill = get(skill_name)
+    for problem in skill.generate(1, 3, 11):
+        messages = with_system_prompt(skill.to_chat(problem)["messages"], "Be exact.")
+        example = chat_module.tokenize_example(messages, qwen3_tokenizer)
+        first_trained = next(k for k, lab in enumerate(example.labels) if lab != IGNORE)
+        prompt = generation_prompt(messages[:-1], qwen3_tokenizer)
+        assert list(example.input_ids[:first_trained]) == qwen3_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")

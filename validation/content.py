@@ -15,6 +15,7 @@ DEEP      duplicate           the same example appeared on an earlier line (the 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
@@ -78,19 +79,24 @@ def expects_json(answer: str, skill: str | None) -> bool:
     return skill == "syllo" or answer.lstrip().startswith(("{", "["))
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
 class DeepChecker:
     """Stateful across a file (duplicates are found against earlier lines)."""
 
     def __init__(self, validation_cfg, skill: str | None = None):
         self.v = validation_cfg
         self.skill = skill
-        self.seen: dict[str, int] = {}
-        self.seen_norm: dict[str, int] = {}
+        self.seen: dict[bytes, int] = {}         # 16-byte digests, not the texts: memory stays small on big files
+        self.seen_norm: dict[bytes, int] = {}
 
     def check(self, messages: list[dict]) -> list[Finding]:
         v, found = self.v, []
-        key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
-        norm = NON_WORD.sub(" ", unicodedata.normalize("NFKC", key).lower()).strip()
+        text = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+        key = _digest(text)
+        norm = _digest(NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip())
         if key in self.seen:
             found.append(Finding("duplicate", f"the same example as line {self.seen[key]}"))
         elif norm in self.seen_norm:

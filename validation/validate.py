@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from dojo.sidecar import read_sidecar
-from validation import content, specs
+from validation import content
 from validation.errors import Issue, show_value
 
 VALIDATOR_NAME = "dojo.validate"
@@ -177,6 +177,8 @@ def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None
         raise ValueError(f"--depth {depth!r}: use one of {', '.join(DEPTHS)}")
     if depth != "quick" and tokenize is None:
         raise ValueError(f"depth {depth} renders and tokenizes every line: pass tokenize (model.data.check_file)")
+    from validation import specs      # pandas + pandera: imported when a file is checked, not by every chunk
+
     v = cfg.validation
     name = str(path)
     try:
