@@ -15,6 +15,8 @@ Each scenario runs in a fresh Python process (``--scenario``, re-invoking this f
 ``first_chunk``   claim → claim-time re-check (``check_claimed``) → ``train_chunk`` → first optimizer step
 ``later_chunk``   ``dojo train FILE`` on the same file again → first optimizer step (a chunk on a file already seen)
 ``cold_chunk``    ``dojo train FILE`` on a file never seen (no tokenized cache) → first optimizer step
+``data_only``     in one process, after imports and the tokenizer load: the data path of a chunk alone (file →
+                  checked, packed rows), on a file never seen, then again on the same file (``--only data_only``)
 
 The goal of the data-path issue: a later chunk starts in ≤ 10% of the first (cold) one's time.
 """
@@ -35,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 QWEN3 = Path(os.environ.get("DOJO_QWEN3_TOKENIZER") or REPO.parent / "shared" / "qwen3-tokenizer")
 SCENARIOS = ("admit", "first_chunk", "later_chunk", "cold_chunk")
+EXTRA = ("data_only",)
 
 
 class FirstStep(Exception):
@@ -111,6 +114,23 @@ def scenario(name: str, config: str, data: str) -> dict:
             return
         raise AssertionError("no optimizer step was reported")
 
+    if name == "data_only":
+        from model.loading import load_tokenizer
+        tokenizer = load_tokenizer(cfg.model.name_or_path)
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            try:
+                from model.data import prepare
+                rows = prepare(cfg, data, tokenizer).n_rows
+            except ImportError:                     # the before code: read, tokenize, pack, check every time
+                from model.profiles import resolve
+                from model.train import prepare_data
+                profile, system_prompt = resolve(cfg.data.profile, cfg.data.system_prompt)
+                rows = len(prepare_data(cfg, Path(data), tokenizer, system_prompt, profile.transform).rows)
+            times.append(time.perf_counter() - t0)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {"scenario": name, "seconds": times[0], "again": times[1], "rows": rows, "peak_rss_mib": rss}
     if name == "admit":
         from dojo.gate import admit
         assert admit(cfg, data).accepted
@@ -159,7 +179,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=100_000)
     ap.add_argument("--before", default="5ee6b18", help="git revision of the 'before' code (a worktree is made)")
     ap.add_argument("--out", type=Path, help="append the result table to this markdown file")
-    ap.add_argument("--scenario", choices=SCENARIOS, help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=EXTRA, help="run only this extra measurement (printed, not written)")
+    ap.add_argument("--scenario", choices=SCENARIOS + EXTRA, help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -178,6 +199,13 @@ def main() -> None:
         data = write_data(work / "bench.jsonl", args.examples)
         cold = write_data(work / "cold.jsonl", args.examples, salt="(cold) ")
         print(f"{args.examples} examples, {data.stat().st_size / 2**20:.1f} MiB; work dir {work}", flush=True)
+        if args.only:
+            for label, code in (("before", before), ("after", REPO)):
+                config = config_yaml(work, model_dir, work / f"home-{label}")
+                r = run_scenario(code, args.only, config, cold)
+                print(f"{label:6s} {args.only}: first {r['seconds']:.2f} s, again {r['again']:.2f} s, "
+                      f"{r['rows']} rows, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+            return
         results = {"before": run_version("before", before, work, model_dir, data, cold),
                    "after": run_version("after", REPO, work, model_dir, data, cold)}
     finally:

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dojo import config as config_mod  # noqa: E402
 from dojo.sidecar import write_sidecar  # noqa: E402
 from skills import bin as bin_skill  # noqa: E402
-from validation.validate import DEPTHS, validate_file  # noqa: E402
+from model.data import validate_file  # noqa: E402
+from validation.validate import DEPTHS  # noqa: E402
 
 
 def write_data(path: Path, n: int, seed: int = 7) -> Path:
