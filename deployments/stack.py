@@ -3,43 +3,93 @@ per pool (``--limit 1``), the deployments from prefect.yaml, the zombie-run auto
 train/continuous.
 
     dojo up [--no-run]      start everything that is not running yet; print the UI address
-    dojo down               stop exactly the processes ``dojo up`` started (by PID, from state/stack.json)
-    dojo status             server, pools, workers, queue depth, curriculum, promoted checkpoint, last runs
+    dojo down               stop the processes this home's ``dojo up`` started, and nothing else
+    dojo status             this home's server, pools, workers, queue depth, curriculum, promoted checkpoint, runs
 
 Settings that make it survive trouble: concurrency leases on the filesystem (a server restart keeps them),
 flow-run heartbeats every ``pipeline.heartbeat_seconds`` and an automation that marks a run Crashed after
 ``pipeline.zombie_window_seconds`` without one (≥ 3× the heartbeat; shorter windows crash healthy runs).
+
+One stack per home, and only its own processes are ever signalled. ``state/stack.json`` records the home, a
+random token, the server's port and, per process, its PID with what makes that PID this process and not a
+later one: the boot, the start time (``/proc/PID/stat`` field 22) and the command line. Every process is
+started in its own session with ``DOJO_HOME`` and ``DOJO_STACK_TOKEN`` in its environment. A process counts
+as this home's (``check``) only when all of these still match and it leads its own process group; anything
+else is never signalled and its entry is dropped with the reason. The server counts as up only when that
+process holds the socket listening on the recorded port and answers ``/api/health`` — another home's server
+on the same port is never reported or joined; ``dojo up`` moves to a free port instead. Linux only (/proc).
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+from dojo.storage import StateError, read_json, write_json
+
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).parent / "prefect")
+WHAT = "stack record (written by dojo up)"
+PORT_SEARCH = 100          # ports tried above pipeline.port when it is taken
 
 
+# ---------------------------------------------------------------- the record: state/stack.json
 def stack_file(cfg) -> Path:
     return Path(cfg.root) / "state" / "stack.json"
 
 
-def api_url(cfg) -> str:
-    return f"http://{cfg.pipeline.host}:{cfg.pipeline.port}/api"
+def _load(cfg) -> dict:
+    """This home's stack record; ``{"processes": {}}`` when there is none. A broken file raises StateError."""
+    data = read_json(stack_file(cfg), expect=dict, what=WHAT, default=None)
+    if data is None:
+        return {"processes": {}}
+    data.setdefault("processes", {})
+    if not isinstance(data["processes"], dict):
+        raise StateError(f"{stack_file(cfg)}: the {WHAT} has 'processes' that is not a JSON object; "
+                         f"fix it or move it away")
+    return data
 
 
-def stack_env(cfg, config_path: str | None = None) -> dict:
+def _save(cfg, data: dict) -> None:
+    stack_file(cfg).parent.mkdir(parents=True, exist_ok=True)
+    write_json(stack_file(cfg), data)
+
+
+def _claim(cfg, data: dict) -> None:
+    """Make ``data`` this home's record: a fresh token when it has none, belongs to another home (a copied
+    root) or no process of it is left."""
+    if data.get("home") != str(cfg.root) or not isinstance(data.get("token"), str) or not data["processes"]:
+        data["home"], data["token"] = str(cfg.root), secrets.token_hex(16)
+
+
+def server_port(cfg, data: dict | None = None) -> int:
+    """The port of this home's server: the one ``dojo up`` recorded for this home, else ``pipeline.port``."""
+    data = _load(cfg) if data is None else data
+    port = data.get("port")
+    if data.get("home") == str(cfg.root) and type(port) is int and 1 <= port <= 65535:
+        return port
+    return cfg.pipeline.port
+
+
+def api_url(cfg, port: int | None = None) -> str:
+    return f"http://{cfg.pipeline.host}:{port or server_port(cfg)}/api"
+
+
+def stack_env(cfg, config_path: str | None = None, port: int | None = None) -> dict:
     """Environment for the server, the workers (and so every flow run) and the prefect CLI."""
     home = Path(cfg.root) / "prefect"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
     env.update({
         "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api_url(cfg),
+        "PREFECT_API_URL": api_url(cfg, port),
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
@@ -58,48 +108,249 @@ def stack_env(cfg, config_path: str | None = None) -> dict:
     return env
 
 
-def healthy(cfg, timeout: float = 2.0) -> bool:
+# ---------------------------------------------------------------- process identity (/proc)
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start time in clock ticks after boot) of ``pid``; None when there is none."""
     try:
-        with urllib.request.urlopen(api_url(cfg) + "/health", timeout=timeout) as r:
-            return r.status == 200
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()     # the name (field 2) may hold spaces and parentheses
+    return fields[0], int(fields[2]), int(fields[19])  # fields 3, 5 and 22
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+
+
+def _environ(pid: int) -> dict | None:
+    """The environment ``pid`` was started with; None when it cannot be read (another user's process)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    return dict(kv.decode(errors="replace").partition("=")[::2] for kv in raw.split(b"\0") if b"=" in kv)
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def identity(pid: int) -> dict | None:
+    """What tells this process from a later one that reuses its PID: the boot, its start time, its command line."""
+    st, cmd = _proc_stat(pid), _cmdline(pid)
+    if st is None or cmd is None:
+        return None
+    return {"boot_id": _boot_id(), "starttime": st[2], "cmdline": cmd}
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has exited; only its parent has not collected it yet)."""
+    st = _proc_stat(pid)
+    return st is not None and st[0] not in "ZXx"
+
+
+def _started_at(ticks: int) -> str:
+    btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                 if line.startswith("btime "))
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(btime + ticks / os.sysconf("SC_CLK_TCK")))
+
+
+def _short(cmd: list[str], width: int = 80) -> str:
+    text = " ".join(cmd) or "?"
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def check(cfg, data: dict, name: str) -> tuple[str, str]:
+    """Whether the entry ``name`` of ``data`` is a process this home's ``dojo up`` started and that still runs.
+
+    Returns (verdict, text): ``"ours"`` (its process group may be signalled), ``"gone"`` (it ended) or
+    ``"foreign"`` (never signal it: a malformed entry, a PID now used by another process, an entry recorded
+    without an identity, a process of another home, a process that does not lead its own group)."""
+    entry = data["processes"][name]
+    pid = entry.get("pid") if isinstance(entry, dict) else None
+    if type(pid) is not int or pid <= 1:        # 0 is our own group, 1 makes killpg signal every process
+        return "foreign", f"pid {pid!r} ({name}) is not a valid process id"
+    if not alive(pid):
+        return "gone", f"{name} (pid {pid}) is not running"
+    now = identity(pid)
+    if now is None:
+        return "gone", f"{name} (pid {pid}) is not running"
+    if any(entry.get(k) is None for k in now):
+        return "foreign", (f"pid {pid} ({name}) was recorded without its start time and command line (by an older "
+                           f"dojo?), so dojo cannot prove it started it; it is {_short(now['cmdline'])}")
+    if any(entry[k] != now[k] for k in now):
+        return "foreign", (f"pid {pid} ({name}) is now another process (started at {_started_at(now['starttime'])}, "
+                           f"cmd {_short(now['cmdline'])})")
+    env = _environ(pid)
+    if env is None:
+        return "foreign", f"pid {pid} ({name}): its environment cannot be read, so dojo cannot prove it started it"
+    if env.get("DOJO_HOME") != str(cfg.root):
+        return "foreign", f"pid {pid} ({name}) belongs to the stack of another home ({env.get('DOJO_HOME')})"
+    if env.get("DOJO_STACK_TOKEN") != data.get("token"):
+        return "foreign", f"pid {pid} ({name}) does not carry this stack's token (started by another dojo up)"
+    group = _proc_stat(pid)
+    if group is None or group[1] != pid:
+        return "foreign", (f"pid {pid} ({name}) does not lead its own process group "
+                           f"({'gone' if group is None else group[1]}); dojo only signals groups it created")
+    return "ours", f"{name} (pid {pid})"
+
+
+def _stop(cfg, data: dict, name: str, grace: float) -> None:
+    """SIGTERM to the process group of ``name`` (checked ours by the caller), SIGKILL after ``grace`` seconds —
+    after checking again that the PID is still that process."""
+    pid = data["processes"][name]["pid"]
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive(pid) and check(cfg, data, name)[0] == "ours":
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# ---------------------------------------------------------------- ports and the server
+def _port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (the test ``prefect server start`` makes)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+        return True
     except OSError:
         return False
 
 
-def alive(pid: int) -> bool:
+def _listeners(port: int, pids=None) -> list[int]:
+    """Which of ``pids`` (default: every process we may inspect) hold a socket listening on TCP ``port``."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()       # sl, local_address (hex ip:port), rem_address, st (0A = LISTEN), …, inode (10th)
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                sockets.add(f"socket:[{f[9]}]")
+    if not sockets:
+        return []
+    if pids is None:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    found = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
+                    found.append(pid)
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def _get(url: str, timeout: float):
+    """(status, parsed JSON or None) of a GET; None when nothing answers."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read(1 << 20)
+            status = r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (OSError, ValueError):
+        return None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
 
 
-def _load(cfg) -> dict:
-    path = stack_file(cfg)
-    return json.loads(path.read_text()) if path.exists() else {"processes": {}}
+def port_owner(host: str, port: int, timeout: float = 2.0) -> str | None:
+    """Who holds ``port``, in words (None when it is free): which process and dojo home, when we may look."""
+    if _port_free(host, port):
+        return None
+    for pid in _listeners(port):
+        env = _environ(pid) or {}
+        home = f", serving dojo home {env['DOJO_HOME']}" if env.get("DOJO_HOME") else ""
+        return f"pid {pid} ({_short(_cmdline(pid) or [])}){home}"
+    answer = _get(f"http://{host}:{port}/api/admin/settings", timeout)
+    if answer and isinstance(answer[1], dict) and answer[1].get("home"):
+        return f"a Prefect server with PREFECT_HOME {answer[1]['home']}"
+    return "another process"
 
 
-def _save(cfg, data: dict) -> None:
-    path = stack_file(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+def server_check(cfg, data: dict | None = None, timeout: float = 2.0) -> tuple[bool, str]:
+    """Whether this home's own server is up: the recorded server process is this home's (``check``), it holds
+    the socket listening on the recorded port, and ``/api/health`` answers there. Returns (up, why)."""
+    data = _load(cfg) if data is None else data
+    if "server" not in data["processes"]:
+        return False, f"no server recorded under {cfg.root}"
+    verdict, text = check(cfg, data, "server")
+    if verdict != "ours":
+        return False, text
+    pid, port = data["processes"]["server"]["pid"], server_port(cfg, data)
+    if not _listeners(port, [pid]):
+        return False, f"{text} is not listening on port {port}"
+    answer = _get(api_url(cfg, port) + "/health", timeout)
+    if not answer or answer[0] != 200:
+        return False, f"{text} does not answer {api_url(cfg, port)}/health"
+    return True, f"{text}, port {port}"
 
 
+def healthy(cfg, timeout: float = 2.0) -> bool:
+    """This home's server is up (not merely: something answers on the port)."""
+    return server_check(cfg, timeout=timeout)[0]
+
+
+def choose_port(cfg, data: dict) -> tuple[int, str | None]:
+    """The port for this home's server, and a note when it is not ``pipeline.port``.
+
+    The recorded port while this home's server process runs; else ``pipeline.port`` when free; else the recorded
+    port, then the ports above ``pipeline.port``, whichever is free first. Never a port another server holds."""
+    host, wanted = cfg.pipeline.host, cfg.pipeline.port
+    if "server" in data["processes"] and check(cfg, data, "server")[0] == "ours":
+        return server_port(cfg, data), None
+    if _port_free(host, wanted):
+        return wanted, None
+    owner = port_owner(host, wanted) or "another process"
+    last = min(wanted + PORT_SEARCH, 65535)
+    for port in [server_port(cfg, data), *range(wanted + 1, last + 1)]:
+        if port != wanted and _port_free(host, port):
+            return port, f"port {wanted} is taken by {owner}; this home's server uses port {port}"
+    raise RuntimeError(f"port {wanted} is taken by {owner} and ports {wanted + 1}-{last} are taken too; "
+                       f"set pipeline.port to a free port")
+
+
+# ---------------------------------------------------------------- starting
 def _spawn(cfg, name: str, argv: list[str], env: dict, data: dict) -> int:
-    """Start a process in its own session (so ``down`` can stop its whole group), logging to logs/NAME.log."""
-    known = data["processes"].get(name)
-    if known and alive(known["pid"]):
-        return known["pid"]
+    """Start a process in its own session (so ``down`` can stop its whole group), logging to logs/NAME.log, and
+    record its identity. A process of this home already recorded under ``name`` is kept."""
+    if name in data["processes"] and check(cfg, data, name)[0] == "ours":
+        return data["processes"][name]["pid"]
+    _claim(cfg, data)
     logs = Path(cfg.root) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    out = open(logs / f"{name}.log", "ab")
-    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    data["processes"][name] = {"pid": proc.pid, "argv": argv, "started": time.time(),
+    env = {**env, "DOJO_HOME": str(cfg.root), "DOJO_STACK_TOKEN": data["token"]}
+    with open(logs / f"{name}.log", "ab") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    # read after exec (Popen returns once it succeeded); empty when it already ended: such an entry is never signalled
+    data["processes"][name] = {"pid": proc.pid, **(identity(proc.pid) or {}), "argv": argv,
+                               "api_url": env.get("PREFECT_API_URL"), "started": time.time(),
                                "log": str(logs / f"{name}.log")}
     _save(cfg, data)
     return proc.pid
@@ -132,20 +383,36 @@ def zombie_automation(cfg) -> dict:
 
 
 def up(cfg, config_path: str | None = None, run: bool = True, wait: float = 120.0, log=print) -> dict:
-    """Bring the stack up (idempotent: running pieces are kept). Returns the stack record."""
-    env = stack_env(cfg, config_path)
+    """Bring this home's stack up (idempotent: its running pieces are kept). Returns the stack record."""
     data = _load(cfg)
-    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    for name in list(data["processes"]):          # what this home cannot prove it started is forgotten, not signalled
+        verdict, text = check(cfg, data, name)
+        if verdict == "foreign":
+            log(f"{text}; not signalled, entry removed")
+        if verdict != "ours":
+            del data["processes"][name]
+    _claim(cfg, data)
     p = cfg.pipeline
-    if not healthy(cfg):
-        _spawn(cfg, "server", [PREFECT, "server", "start", "--host", p.host, "--port", str(p.port)], env, data)
-        deadline = time.monotonic() + wait
-        while not healthy(cfg):
-            pid = data["processes"]["server"]["pid"]
-            if not alive(pid) or time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server did not become healthy; see {data['processes']['server']['log']}")
-            time.sleep(0.5)
-    log(f"server: {api_url(cfg)} (healthy)")
+    port, note = choose_port(cfg, data)
+    if note:
+        log(note)
+    data.update(host=p.host, port=port)
+    env = stack_env(cfg, config_path, port)
+    for name in [n for n in data["processes"] if n != "server"]:
+        if data["processes"][name].get("api_url") != env["PREFECT_API_URL"]:      # it talks to an older server
+            _stop(cfg, data, name, grace=20.0)
+            del data["processes"][name]
+            log(f"stopped {name}: it was started for another server address")
+    _save(cfg, data)
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    server = _spawn(cfg, "server", [PREFECT, "server", "start", "--host", p.host, "--port", str(port)], env, data)
+    deadline = time.monotonic() + wait
+    while not (state := server_check(cfg, data))[0]:
+        if not alive(server) or time.monotonic() > deadline:
+            raise RuntimeError(f"this home's Prefect server did not become healthy ({state[1]}); "
+                               f"see {data['processes']['server']['log']}")
+        time.sleep(0.5)
+    log(f"server: {api_url(cfg, port)} (healthy; {state[1]})")
     for pool in (p.train_pool, p.eval_pool):
         _prefect(env, "work-pool", "create", pool, "--type", "process", "--overwrite")
         _prefect(env, "work-pool", "set-concurrency-limit", pool, "1")   # one run per GPU
@@ -164,53 +431,72 @@ def up(cfg, config_path: str | None = None, run: bool = True, wait: float = 120.
     if run:
         done = _prefect(env, "deployment", "run", "train/continuous")
         log(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "started train/continuous")
-    data["api_url"] = api_url(cfg)
-    data["ui_url"] = f"http://{p.host}:{p.port}"
+    data["api_url"] = api_url(cfg, port)
+    data["ui_url"] = f"http://{p.host}:{port}"
     _save(cfg, data)
     log(f"Prefect UI: {data['ui_url']}")
     return data
 
 
+# ---------------------------------------------------------------- stopping and looking
 def down(cfg, log=print, grace: float = 20.0) -> list[str]:
-    """Stop exactly the processes ``up`` started (their process groups), workers before the server."""
+    """Stop the processes this home's ``up`` started (their process groups), workers before the server.
+
+    Every entry is checked first (``check``): one that is not provably this home's is never signalled; its entry
+    is removed with the reason. Without a stack record nothing is written."""
+    if not stack_file(cfg).exists():
+        log(f"no stack recorded under {cfg.root}")
+        return []
     data = _load(cfg)
+    if not data["processes"]:
+        log(f"no stack processes recorded under {cfg.root}")
+        return []
     stopped = []
-    names = sorted(data["processes"], key=lambda n: n == "server")          # server last
-    for name in names:
-        pid = data["processes"][name]["pid"]
-        if alive(pid):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + grace
-            while alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if alive(pid):
-                os.killpg(pid, signal.SIGKILL)
-            stopped.append(f"{name} (pid {pid})")
-        log(f"stopped {name} (pid {pid})" if name in " ".join(stopped) else f"{name} (pid {pid}) was not running")
+    for name in sorted(data["processes"], key=lambda n: n == "server"):          # server last
+        verdict, text = check(cfg, data, name)
+        if verdict == "ours":
+            _stop(cfg, data, name, grace)
+            stopped.append(text)
+            log(f"stopped {text}")
+        elif verdict == "gone":
+            log(f"{text}; entry removed")
+        else:
+            log(f"{text}; not signalled, entry removed")
         del data["processes"][name]
     _save(cfg, data)
     return stopped
 
 
 def status(cfg, log=print) -> dict:
-    """What is running and where the training stands."""
+    """What of this home's stack is running and where the training stands. Another home's server on the port
+    is named as such; its pools, workers and runs are never shown as this home's."""
     from dojo import promotion, queue
     from skills import curriculum
 
     data = _load(cfg)
-    out = {"server": healthy(cfg), "processes": {n: alive(p["pid"]) for n, p in data["processes"].items()}}
-    log(f"server {api_url(cfg)}: {'healthy' if out['server'] else 'DOWN'}")
-    for name, ok in out["processes"].items():
-        log(f"  {name}: {'running' if ok else 'not running'} (pid {data['processes'][name]['pid']})")
-    if out["server"]:
-        os.environ["PREFECT_API_URL"] = api_url(cfg)
+    up_, why = server_check(cfg, data)
+    port = server_port(cfg, data)
+    out = {"server": up_, "port": port, "processes": {}}
+    if up_:
+        log(f"server {api_url(cfg, port)}: healthy ({why})")
+    else:
+        log(f"server: no server of this home ({cfg.root}) is running: {why}")
+        owner = port_owner(cfg.pipeline.host, port)
+        if owner:
+            log(f"  port {port} is held by {owner}, not by this home's stack; its pools, workers and runs are "
+                f"not shown")
+    for name in data["processes"]:
+        verdict, text = check(cfg, data, name)
+        out["processes"][name] = verdict == "ours"
+        log(f"  {name}: " + {"ours": f"running ({text})", "gone": f"not running ({text})"}.get(
+            verdict, f"{text} (not this home's; `dojo down` drops the entry)"))
+    if up_:
         from prefect import get_client
         from prefect.client.schemas.sorting import FlowRunSort
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with get_client(sync_client=True) as client:
+        # this home's server, whatever PREFECT_API_URL says or an earlier import of prefect fixed
+        with temporary_settings(updates={PREFECT_API_URL: api_url(cfg, port)}), get_client(sync_client=True) as client:
             for pool in (cfg.pipeline.train_pool, cfg.pipeline.eval_pool):
                 try:
                     wp = client.read_work_pool(pool)

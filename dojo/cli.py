@@ -19,6 +19,7 @@ value, and exit 2; ``pack-check`` exits 1 when a hard masking check fails.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -146,11 +147,16 @@ def cmd_merge(cfg, args) -> int:
 def cmd_up(cfg, args) -> int:
     from deployments import stack
 
-    stack.up(cfg, getattr(args, "config", None), run=not args.no_run)
+    try:
+        stack.up(cfg, getattr(args, "config", None), run=not args.no_run)
+    except RuntimeError as exc:      # the server did not come up, no free port, a prefect command failed
+        print(f"dojo: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_down(cfg, args) -> int:
+    """Exit 0 also when entries were dropped unsignalled: afterwards the record is clean (the reasons are printed)."""
     from deployments import stack
 
     stack.down(cfg)
@@ -260,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: a subparser's default must not overwrite a --config given before the subcommand
     common.add_argument("--config", default=argparse.SUPPRESS,
                         help="config YAML (default: $DOJO_CONFIG, then ./dojo.yaml)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error instead of one line")
     parser = argparse.ArgumentParser(prog="dojo", description="Continuous fine-tuning for small chat LLMs.",
                                      parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -366,24 +374,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space and run the command again",
+    errno.EDQUOT: "the disk quota is exceeded: free some space and run the command again",
+    errno.EROFS: "the file system is read-only: point storage.root (or the path) at a writable place",
+    errno.EACCES: "permission denied: check the owner and mode of that path",
+    errno.EPERM: "operation not permitted: check the owner and mode of that path",
+    errno.ENAMETOOLONG: "the file name is too long for the file system: rename the file",
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTDIR: "a part of the path is not a directory",
+    errno.EISDIR: "it is a directory, not a file",
+}
+
+
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters of an error (a hostile input must not flood the terminal), with control
+    characters escaped line by line (a file name cannot drive the terminal; the report's own lines stay)."""
+    from dojo.text import printable
+
+    text = "\n".join(printable(line) for line in text.split("\n"))
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def explain(exc: BaseException) -> str:
+    """One line for a known failure: the file involved and what to do."""
+    if isinstance(exc, OSError):
+        where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "(no file named by the system)"
+        hint = OS_HINTS.get(exc.errno, exc.strerror or str(exc))
+        return clip(f"{where}: {exc.strerror or exc} ({hint})", 2000)
+    return clip(str(exc), 20000)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from dojo.storage import LockedError
+    """The `dojo` command. Known failures (bad input, bad config, full or read-only disks, locks) become one
+    line on stderr naming the file and what to do, exit code 2; anything else is a bug: one line and exit 1.
+    ``--debug`` shows the traceback instead."""
+    from dojo.storage import LockedError, apply_umask
     from validation.errors import DataError
 
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    umask = os.umask(0)
+    os.umask(umask)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per API call drowns `dojo status`
     try:
         cfg = config_mod.load(getattr(args, "config", None))
+        apply_umask(cfg)                    # folders 0700, files 0600 under the root (storage.umask)
         if args.command not in ("config", "generate", "queue", "lineage", "up", "down", "status", "vram"):
             _quiet_libraries()
         started = time.monotonic()
         code = args.func(cfg, args)
         logging.getLogger("dojo").debug("%s took %.1fs", args.command, time.monotonic() - started)
         return code
-    except (DataError, ValueError, FileExistsError, LockedError) as exc:
-        print(f"dojo: error: {exc}", file=sys.stderr)
+    except (DataError, ValueError, FileExistsError, LockedError, OSError, RecursionError) as exc:
+        if debug:
+            raise
+        if isinstance(exc, RecursionError):
+            exc = ValueError("the input is nested too deeply to read")
+        print(f"dojo: error: {explain(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dojo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:          # a bug: say so in one line; --debug shows where
+        if debug:
+            raise
+        print(f"dojo: internal error: {type(exc).__name__}: {explain(exc)} (run again with --debug for the "
+              f"traceback, and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        os.umask(umask)                     # main() also runs in-process (tests, embedding): leave it as found
 
 
 if __name__ == "__main__":

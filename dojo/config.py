@@ -7,12 +7,19 @@ runs) can live side by side. A relative ``storage.root`` is resolved against the
 
 Every field carries a one-line doc (``doc(...)``). Unknown keys and bad values raise ``ValueError`` naming
 the key path and what is allowed. ``dojo config show`` prints the resolved tree.
+
+A config is user input, so the reader is strict: YAML anchors and aliases are refused (a few hundred bytes of
+aliases expand to gigabytes), a key given twice in one mapping is refused with both lines (YAML would silently
+keep the last), every number must be finite, values shown in errors are cut to ``SHOW`` characters, and the
+storage root must be a directory dojo can write that is neither ``/`` nor the home directory itself.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +29,14 @@ from typing import Literal
 import yaml
 
 TINY_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "assets" / "tiny-qwen3"
+SHOW = 200              # characters of a value shown in an error message
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _show(value) -> str:
+    """``repr(value)`` cut to SHOW characters: an error never prints a huge value (repr escapes control chars)."""
+    text = repr(value)
+    return text if len(text) <= SHOW else text[: SHOW - 1] + "…"
 
 
 def doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
@@ -34,6 +49,8 @@ def doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MISS
 @dataclass(frozen=True)
 class StorageConfig:
     root: str = doc("storage root: a local folder (relative paths resolve against the config file)", "dojo-home")
+    umask: str = doc("umask (octal) for everything dojo writes under the root; 077 keeps data, checkpoints and "
+                     "reasons private to you, 007 shares them with your group", "077")
 
 
 @dataclass(frozen=True)
@@ -202,6 +219,7 @@ class Config:
 # ---------------------------------------------------------------- value rules (beyond types)
 def _check_values(cfg: Config) -> None:
     rules = [
+        ("storage.umask", bool(re.fullmatch(r"0?[0-7]{3}", cfg.storage.umask)), "an octal umask such as 077 or 007"),
         ("data.max_length", cfg.data.max_length >= 16, "an integer >= 16"),
         ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 0.5, "a number in [0, 0.5)"),
         ("data.val_max_examples", cfg.data.val_max_examples >= 0, "an integer >= 0"),
@@ -234,6 +252,9 @@ def _check_values(cfg: Config) -> None:
         ("curriculum.skills", bool(cfg.curriculum.skills), "a non-empty list of skills"),
         ("curriculum.weights", not cfg.curriculum.weights or len(cfg.curriculum.weights) == len(cfg.curriculum.skills),
          "empty, or one weight per curriculum skill"),
+        ("curriculum.weights", all(w >= 0.0 for w in cfg.curriculum.weights), "weights >= 0"),
+        ("curriculum.weights", not cfg.curriculum.weights or any(w > 0.0 for w in cfg.curriculum.weights),
+         "weights that are not all zero (or an empty list for equal weights)"),
         ("curriculum.window", cfg.curriculum.window >= 1, "an integer >= 1"),
         ("curriculum.threshold", 0.0 < cfg.curriculum.threshold <= 1.0, "a number in (0, 1]"),
         ("curriculum.low_water", cfg.curriculum.low_water >= 0, "an integer >= 0"),
@@ -260,18 +281,18 @@ def _check_values(cfg: Config) -> None:
 
     unknown = [s for s in cfg.curriculum.skills if s not in SKILLS]
     if unknown:
-        raise ValueError(f"config curriculum.skills: {unknown[0]!r} is not allowed; use skills from "
+        raise ValueError(f"config curriculum.skills: {_show(unknown[0])} is not allowed; use skills from "
                          f"{', '.join(SKILLS)}")
     for key, names, known in (("validation.warnings", cfg.validation.warnings, DOWNGRADABLE),
                               ("validation.disabled", cfg.validation.disabled, DISABLEABLE)):
         for name in names:
             if name not in known:
-                raise ValueError(f"config {key}: {name!r} is not allowed; use rules from {', '.join(known)}")
+                raise ValueError(f"config {key}: {_show(name)} is not allowed; use rules from {', '.join(known)}")
     for key, ok, allowed in rules:
         if not ok:
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
-            raise ValueError(f"config {key}: {value!r} is not allowed; use {allowed}")
+            raise ValueError(f"config {key}: {_show(value)} is not allowed; use {allowed}")
 
 
 # ---------------------------------------------------------------- building typed dataclasses from dicts
@@ -281,11 +302,12 @@ def _coerce(value, tp, key: str):
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ValueError(f"config {key}: {value!r} is not allowed; use one of {', '.join(map(str, allowed))}")
+            raise ValueError(f"config {key}: {_show(value)} is not allowed; use one of "
+                             f"{', '.join(map(str, allowed))}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config {key}: {value!r} is not allowed; use a list")
+            raise ValueError(f"config {key}: {_show(value)} is not allowed; use a list")
         (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
         return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
@@ -297,15 +319,15 @@ def _coerce(value, tp, key: str):
         if value is None:   # an empty section (only comments under it) means its defaults
             value = {}
         if not isinstance(value, dict):
-            raise ValueError(f"config {key}: expected a mapping of settings, got {value!r}")
+            raise ValueError(f"config {key}: expected a mapping of settings, got {_show(value)}")
         return _build(tp, value, key + ".")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"config {key}: {value!r} is not allowed; use true or false")
+            raise ValueError(f"config {key}: {_show(value)} is not allowed; use true or false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config {key}: {value!r} is not allowed; use an integer")
+            raise ValueError(f"config {key}: {_show(value)} is not allowed; use an integer")
         return value
     if tp is float:
         if isinstance(value, str):
@@ -315,11 +337,17 @@ def _coerce(value, tp, key: str):
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config {key}: {value!r} is not allowed; use a number")
-        return float(value)
+            raise ValueError(f"config {key}: {_show(value)} is not allowed; use a number")
+        try:
+            value = float(value)
+        except OverflowError:           # an integer too large for a float
+            value = math.inf
+        if not math.isfinite(value):    # .inf / .nan: every float field is a finite number
+            raise ValueError(f"config {key}: {_show(value)} is not allowed; use a finite number")
+        return value
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"config {key}: {value!r} is not allowed; use a string")
+            raise ValueError(f"config {key}: {_show(value)} is not allowed; use a string")
         return value
     raise AssertionError(f"unsupported config annotation {tp} at {key}")
 
@@ -329,9 +357,33 @@ def _build(cls, data: dict, prefix: str = ""):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ValueError(f"config {prefix}{key}: unknown key; allowed keys here: {', '.join(names)}")
+            shown = key if isinstance(key, str) and len(key) <= SHOW and key.isprintable() else _show(key)
+            raise ValueError(f"config {prefix}{shown}: unknown key; allowed keys here: {', '.join(names)}")
     kwargs = {name: _coerce(data[name], hints[name], prefix + name) for name in names if name in data}
     return cls(**kwargs)
+
+
+def _check_root(root: Path, key: str) -> None:
+    """Refuse a storage root dojo must not or cannot use: ``/``, the home directory itself (dojo creates inbox/,
+    queue/, state/, … directly in the root), a file, a path below a file, or an existing directory that is not
+    writable (a read-only mount: the first write would fail deep inside a run)."""
+    def refuse(why: str):
+        raise ValueError(f"{key}: {_show(str(root))} is not allowed; {why}")
+
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):    # no $HOME and no passwd entry
+        home = None
+    if root == Path(root.anchor):
+        refuse("use a folder of its own, e.g. /srv/dojo (not the filesystem root)")
+    if root == home:
+        refuse("use a folder of its own, e.g. ~/dojo-home (not the home directory itself)")
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "it is" if existing == root else f"{existing} is"
+        refuse(f"{where} a file, not a directory; use a directory (or a path where one can be created)")
+    if existing == root and not os.access(root, os.W_OK | os.X_OK):
+        refuse("dojo cannot write there (read-only or no permission); use a writable directory")
 
 
 def from_dict(data: dict | None, base_dir: Path | None = None, env: dict | None = None) -> Config:
@@ -343,7 +395,7 @@ def from_dict(data: dict | None, base_dir: Path | None = None, env: dict | None 
         raise ValueError(f"config: the top level must be a mapping of sections, got {type(data).__name__}")
     cfg = _build(Config, data)
     if not cfg.storage.root.strip():
-        raise ValueError(f"config storage.root: {cfg.storage.root!r} is not allowed; use a non-empty path")
+        raise ValueError(f"config storage.root: {_show(cfg.storage.root)} is not allowed; use a non-empty path")
     if not cfg.model.name_or_path.strip():
         raise ValueError("config model.name_or_path: '' is not allowed; use an HF model directory or hub id")
     if env.get("DOJO_HOME", "").strip():
@@ -352,7 +404,9 @@ def from_dict(data: dict | None, base_dir: Path | None = None, env: dict | None 
         root_path = Path(cfg.storage.root).expanduser()
         if not root_path.is_absolute():
             root_path = (base_dir or Path.cwd()) / root_path
-    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=str(root_path.resolve())))
+    root_path = root_path.resolve()
+    _check_root(root_path, "$DOJO_HOME" if env.get("DOJO_HOME", "").strip() else "config storage.root")
+    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=str(root_path)))
     model_path = (base_dir or Path.cwd()) / cfg.model.name_or_path
     if not Path(cfg.model.name_or_path).is_absolute() and model_path.exists():
         # a relative model directory resolves like storage.root; anything else stays a hub id
@@ -372,6 +426,53 @@ def config_path(explicit: str | None = None, env: dict | None = None) -> Path | 
     return local if local.exists() else None
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses but that a dojo config may not use (an alias, an anchor, a duplicate key)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses anchors and aliases before anything is expanded, and duplicate keys."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(problem=f"the YAML alias *{event.anchor[:SHOW]} is not allowed in a dojo config; "
+                                   f"write the value out", problem_mark=event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _Refused(problem=f"the YAML anchor &{event.anchor[:SHOW]} is not allowed in a dojo config "
+                                   f"(nor are aliases); write values out", problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _Refused(problem=f"the key {_show(key)} is given twice in one mapping (line {seen[key]} "
+                                           f"and line {line}); keep one", problem_mark=key_node.start_mark)
+                seen[key] = line
+            except TypeError:          # an unhashable key: the base class says so
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: where and what (PyYAML's own text spans lines and quotes the offending line)."""
+    if isinstance(exc, _Refused):
+        return f"config file {path}: line {exc.problem_mark.line + 1}: {exc.problem}"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        what = "; ".join(str(x) for x in (exc.context, exc.problem) if x)
+        text = f"line {mark.line + 1} column {mark.column + 1}: {what}"
+    else:
+        text = " ".join(str(exc).split())
+    return f"config file {path}: not valid YAML: {text[: 2 * SHOW]}"
+
+
 def load(explicit: str | None = None, env: dict | None = None) -> Config:
     """Load, validate and resolve the config. Errors name the file and the key."""
     path = config_path(explicit, env)
@@ -379,10 +480,17 @@ def load(explicit: str | None = None, env: dict | None = None) -> Config:
         return from_dict({}, None, env)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist (from --config or $DOJO_CONFIG)")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"config file {path}: {path.stat().st_size} bytes is too big for a dojo config "
+                         f"(at most {MAX_CONFIG_BYTES})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"config file {path}: not valid YAML: {exc}") from None
+        raise ValueError(_yaml_error(path, exc)) from None
+    except RecursionError:
+        raise ValueError(f"config file {path}: nested too deeply to be a dojo config") from None
     try:
         return from_dict(data, path.resolve().parent, env)
     except ValueError as exc:

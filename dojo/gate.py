@@ -26,7 +26,7 @@ from pathlib import Path
 
 from dojo import lineage_stats, queue
 from dojo.sidecar import read_sidecar, sidecar_path
-from dojo.storage import sha256_file
+from dojo.storage import copy_private, sha256_file
 from validation.validate import FileReport, write_split
 
 
@@ -61,16 +61,14 @@ def admit(cfg, file: str | Path, priority: str = "normal", depth: str | None = N
     from model import data
 
     src = Path(file)
-    if not src.is_file():
-        raise ValueError(f"{src}: no such file")
     queue.sanitize_name(src.name)          # refuse a bad name before doing any work
     meta = read_sidecar(src)               # a broken sidecar is an error, before any work
     staging = Path(cfg.root) / "state" / "staging" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     build = None
     try:
-        staged = staging / src.name
-        shutil.copyfile(src, staged)
+        staged = staging / queue.sanitize_name(src.name)
+        copy_private(src, staged)          # one snapshot of the bytes: only a regular file, never wider mode
         original_sha = sha256_file(staged)
         meta = dict(meta) if meta is not None else {"generator": None}
         meta.pop("queue", None)
@@ -81,13 +79,14 @@ def admit(cfg, file: str | Path, priority: str = "normal", depth: str | None = N
             from model.loading import load_tokenizer
 
             tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-        report, build = data.check_file(staged, cfg, gate_depth(cfg, depth), tokenizer=tokenizer, build_cache=True)
+        report, build = data.check_file(staged, cfg, gate_depth(cfg, depth), tokenizer=tokenizer, build_cache=True,
+                                        label=str(src))
         meta.setdefault("spec", report.spec)
         _write_sidecar(staged, meta)
         partial = report.accepted and bool(report.rejected)
-        queued_file, rejected = staged, staging / f"{src.stem}.rejected.jsonl"
+        queued_file, rejected = staged, staging / f"{staged.stem}.rejected.jsonl"
         if partial:
-            queued_file = staging / "split" / src.name
+            queued_file = staging / "split" / staged.name
             queued_file.parent.mkdir()
             write_split(report, staged, queued_file, rejected)
             _write_sidecar(queued_file, meta)
@@ -105,7 +104,7 @@ def admit(cfg, file: str | Path, priority: str = "normal", depth: str | None = N
             build.discard()
         build = None
         record(cfg, queued_file, report, queued_sha, {"verdict_key": data.verdict_key(cfg)})
-        entry = queue.add(cfg, queued_file, priority)
+        entry = queue.add(cfg, queued_file, priority, original_path=src)
         rejected_path = None
         if partial:
             failed = Path(cfg.root) / "failed"

@@ -16,18 +16,23 @@ validator; its generator counts it once, with the latest verdict. Writes are ato
 
 ``answers`` says which generator is worst, which validator is the most aggressive and, per generator,
 whether the rejection rate rose with its latest version. ``dojo lineage`` prints ``format_table``.
+
+The file is read through ``storage.read_json`` (named in every error). One bad record (a hand edit, a value of
+the wrong type from an older dojo) must not poison the rest: ``load`` checks every record, leaves the bad ones
+out of the statistics and lists them under ``skipped`` (``format_table`` prints them); the aggregates are always
+recomputed from the good records, never trusted from the file. ``record`` keeps bad records on disk untouched
+(they are evidence; the user fixes or removes them) unless the same file is recorded again.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
-import os
 import re
 import time
 from pathlib import Path
 
-from dojo.storage import LockedError, exclusive_lock
+from dojo.storage import LockedError, StateError, exclusive_lock, read_json, write_json
+from dojo.text import printable
 
 FILE = Path("state") / "lineage.json"
 LOCK = Path("state") / "lineage.lock"
@@ -45,14 +50,6 @@ def _path(cfg) -> Path:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write. (model.checkpoint has the same helper but imports torch; this module stays light.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -100,18 +97,92 @@ def _by_rule(validation: dict, key: str) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- reading and writing
-def load(cfg) -> dict:
-    """The stored stats (an empty skeleton when nothing was recorded yet)."""
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_rules(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and _is_count(v) for k, v in value.items())
+
+
+def _bad_verdict(v) -> str | None:
+    if not isinstance(v, dict):
+        return "is not a JSON object"
+    for key in ("total", "accepted", "rejected"):
+        if not _is_count(v.get(key)):
+            return f"{key} must be an integer >= 0"
+    for key in ("rejected_by_rule", "warnings_by_rule"):
+        if not _is_rules(v.get(key)):
+            return f"{key} must map rule names to counts"
+    if not isinstance(v.get("recorded_at"), str):
+        return "recorded_at must be a time string"
+    if v.get("seq") is not None and not _is_count(v["seq"]):
+        return "seq must be an integer >= 0"
+    if v.get("outcome") is not None and not isinstance(v["outcome"], str):
+        return "outcome must be a string"
+    return None
+
+
+def _bad_record(record) -> str | None:
+    """Why a per-file record cannot be aggregated, or None when it can."""
+    if not isinstance(record, dict):
+        return "is not a JSON object"
+    for key in ("generator", "seen_at"):
+        if not isinstance(record.get(key), str):
+            return f"{key} must be a string, not {_show(record.get(key))}"
+    if record.get("name") is not None and not isinstance(record["name"], str):
+        return f"name must be a string, not {_show(record['name'])}"
+    verdicts = record.get("validations")
+    if verdicts is None:
+        return None
+    if not isinstance(verdicts, dict):
+        return f"validations must be a JSON object, not {_show(verdicts)}"
+    for name, v in verdicts.items():
+        why = _bad_verdict(v)
+        if why:
+            return f"validations[{_show(name)}] {why}"
+    return None
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def _read(cfg) -> tuple[dict, dict, dict]:
+    """(the file's data, its good records, {identity: why} of its bad records); an empty skeleton when there is
+    no file. StateError naming the file when the file itself is unusable."""
     path = _path(cfg)
-    if not path.exists():
-        return _empty()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: lineage stats are not valid JSON ({exc}); move the file aside to start over")
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-        raise ValueError(f"{path}: not a lineage stats file (no 'files' mapping)")
-    return data
+    data = read_json(path, expect=dict, what="lineage stats file")
+    if data is None:
+        return _empty(), {}, {}
+    if not isinstance(data.get("files"), dict):
+        raise StateError(f"{path}: not a lineage stats file (no 'files' mapping); move it aside to start over")
+    good, bad = {}, {}
+    for key, record in data["files"].items():
+        why = _bad_record(record)
+        if why is None:
+            good[key] = record
+        else:
+            bad[key] = why
+    return data, good, bad
+
+
+def _stats(data: dict, good: dict, bad: dict, path: Path) -> dict:
+    """What ``load`` returns: the file's data with only the good records and aggregates recomputed from them;
+    ``skipped`` (only when there are bad records) = {"file", "records": {identity: why}}."""
+    generators, validators = aggregate(good)
+    stats = {**data, "files": good, "generators": generators, "validators": validators}
+    if bad:
+        stats["skipped"] = {"file": str(path), "records": bad}
+    return stats
+
+
+def load(cfg) -> dict:
+    """The stored stats (an empty skeleton when nothing was recorded yet), bad records left out and listed
+    under ``skipped``."""
+    data, good, bad = _read(cfg)
+    return _stats(data, good, bad, _path(cfg))
 
 
 def record(cfg, sidecar: dict | None, validation: dict) -> dict:
@@ -142,23 +213,30 @@ def record(cfg, sidecar: dict | None, validation: dict) -> dict:
         "recorded_at": now,
     }
     sidecar = sidecar or {}
+    generated_at = sidecar.get("generated_at")
     with _locked(cfg):
-        data = load(cfg)
-        old = data["files"].get(identity) or {}
-        data["seq"] = verdict["seq"] = int(data.get("seq") or 0) + 1   # orders verdicts when clocks tie
+        data, good, bad = _read(cfg)
+        data = {**data, "files": dict(data["files"])}
+        old = good.get(identity) or {}                 # a bad earlier record of this file is replaced, not merged
+        bad.pop(identity, None)
+        seq = data.get("seq") if _is_count(data.get("seq")) else 0
+        data["seq"] = verdict["seq"] = seq + 1         # orders verdicts when clocks tie
         name = validation.get("file") or old.get("name") or (sidecar.get("queue") or {}).get("original_path")
         data["files"][identity] = {
             "name": None if name is None else Path(str(name)).name,
             "generator": generator_name(sidecar),
             # when the generator made it; else when we first saw it (kept across re-records)
-            "seen_at": sidecar.get("generated_at") or old.get("seen_at") or now,
+            "seen_at": (generated_at if isinstance(generated_at, str) and generated_at else None)
+            or old.get("seen_at") or now,
             "validations": {**(old.get("validations") or {}), validator.strip(): verdict},
         }
-        data["generators"], data["validators"] = aggregate(data["files"])
+        good[identity] = data["files"][identity]
+        data["generators"], data["validators"] = aggregate(good)
         data["version"] = VERSION
         data["updated_at"] = now
-        _write_json(_path(cfg), data)
-    return data
+        _path(cfg).parent.mkdir(parents=True, exist_ok=True)
+        write_json(_path(cfg), data)
+    return _stats(data, good, bad, _path(cfg))
 
 
 # ---------------------------------------------------------------- aggregation
@@ -273,24 +351,39 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def generator_rows(stats: dict) -> list[dict]:
-    """One flat dict per generator@version (for the CLI table and for table artifacts)."""
-    return [{"generator": k, "files": s["files"], "examples": s["examples"], "rejected": s["rejected"],
-             "rejection_rate": s["rejection_rate"], "top_rules": _top_rules(s["rejections_by_rule"]),
-             "first_seen": s["first_seen"], "last_seen": s["last_seen"]}
+    """One flat dict per generator@version (for the CLI table and for table artifacts); names, rules and times
+    come from files, so they are shown with control characters escaped (dojo.text.printable)."""
+    return [{"generator": printable(k), "files": s["files"], "examples": s["examples"], "rejected": s["rejected"],
+             "rejection_rate": s["rejection_rate"], "top_rules": printable(_top_rules(s["rejections_by_rule"])),
+             "first_seen": printable(s["first_seen"]), "last_seen": printable(s["last_seen"])}
             for k, s in sorted((stats.get("generators") or {}).items())]
 
 
 def validator_rows(stats: dict) -> list[dict]:
-    """One flat dict per validator@version."""
-    return [{"validator": k, "files": s["files"], "examples": s["examples"], "rejected": s["rejected"],
-             "rejection_rate": s["rejection_rate"], "top_rules": _top_rules(s["rejections_by_rule"])}
+    """One flat dict per validator@version (escaped like generator_rows)."""
+    return [{"validator": printable(k), "files": s["files"], "examples": s["examples"], "rejected": s["rejected"],
+             "rejection_rate": s["rejection_rate"], "top_rules": printable(_top_rules(s["rejections_by_rule"]))}
             for k, s in sorted((stats.get("validators") or {}).items())]
 
 
+def skipped_note(stats: dict) -> str | None:
+    """'skipped N bad record(s) in FILE: …' when ``load`` left records out, else None."""
+    skipped = stats.get("skipped")
+    if not skipped:
+        return None
+    records = skipped["records"]
+    shown = "; ".join(f"{key[:12]} {why}" for key, why in list(records.items())[:3])
+    more = f"; and {len(records) - 3} more" if len(records) > 3 else ""
+    return printable(f"skipped {len(records)} bad record(s) in {skipped['file']}: {shown}{more} "
+                     f"(fix or remove them; they are not counted)")
+
+
 def format_table(stats: dict) -> str:
-    """Generators, validators and the answers, as plain text."""
+    """Generators, validators and the answers, as plain text (every name escaped), then the skipped records."""
+    note = skipped_note(stats)
     if not stats.get("files"):
-        return "no lineage recorded yet (files are recorded when they are validated)"
+        empty = "no lineage recorded yet (files are recorded when they are validated)"
+        return empty if note is None else f"{empty}\n{note}"
     g = [[r["generator"], r["files"], r["examples"], r["rejected"], f"{r['rejection_rate']:.1%}", r["top_rules"],
           r["first_seen"][:10], r["last_seen"][:10]] for r in generator_rows(stats)]
     v = [[r["validator"], r["files"], r["examples"], r["rejected"], f"{r['rejection_rate']:.1%}", r["top_rules"]]
@@ -302,14 +395,17 @@ def format_table(stats: dict) -> str:
     a = answers_from(stats)
     worst, strict = a["worst_generator"], a["most_aggressive_validator"]
     if worst:
-        out.append(f"worst generator: {worst['name']} ({worst['rejection_rate']:.1%} of "
+        out.append(f"worst generator: {printable(worst['name'])} ({worst['rejection_rate']:.1%} of "
                    f"{worst['examples']} examples rejected)")
     if strict:
-        out.append(f"most aggressive validator: {strict['name']} ({strict['rejection_rate']:.1%} rejected)")
+        out.append(f"most aggressive validator: {printable(strict['name'])} "
+                   f"({strict['rejection_rate']:.1%} rejected)")
     for gid, c in a["generators"].items():
         if c["previous"] is None:
             continue
         trail = " → ".join(f"{v['version']} {v['rejection_rate']:.1%}" for v in c["versions"])
         verdict = "quality dropped" if c["quality_dropped"] else "no drop"
-        out.append(f"{gid}: {trail} ({verdict} after the bump to {c['latest']})")
+        out.append(printable(f"{gid}: {trail} ({verdict} after the bump to {c['latest']})"))
+    if note is not None:
+        out.append(note)
     return "\n".join(out)

@@ -4,14 +4,18 @@
 ``state/promotions.jsonl`` keeps every decision (promoted or not) so the history is auditable. A candidate
 is promoted when there is no promoted checkpoint yet, or when it beats the promoted one on the training level
 and drops no mastered level by more than ``tolerance``.
+
+``promoted.json`` is read through ``storage.read_json`` and its shape checked (``current``): a pointer that is
+not what ``apply`` writes is an error naming the file, never a traceback halfway through a decision.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from dojo.storage import StateError, read_json, write_json
 
 TOLERANCE = 0.05
 
@@ -36,9 +40,28 @@ def promoted_path(root: Path) -> Path:
     return Path(root) / "state" / "promoted.json"
 
 
+def _is_score(value) -> bool:
+    # an accuracy in [0, 1]; NaN is not (every comparison with it is False, which would promote)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
 def current(root: Path) -> dict | None:
+    """The promotion pointer, or None when nothing was promoted yet. StateError naming the file when it is not
+    a JSON object with a ``checkpoint`` name and ``eval`` scores {skill: {level: accuracy}}."""
     path = promoted_path(root)
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    pointer = read_json(path, expect=dict, what="promotion pointer")
+    if pointer is None:
+        return None
+    fix = "fix it, or move it away so that the next evaluated checkpoint is promoted afresh"
+    if not isinstance(pointer.get("checkpoint"), str) or not pointer["checkpoint"]:
+        raise StateError(f"{path}: the promotion pointer has no checkpoint name (a non-empty string); {fix}")
+    scores = pointer.get("eval", {})
+    if not isinstance(scores, dict) or not all(
+            isinstance(by_level, dict) and all(isinstance(k, str) and _is_score(v) for k, v in by_level.items())
+            for by_level in scores.values()):
+        raise StateError(f"{path}: the promotion pointer's eval must map skill -> level -> accuracy (a number "
+                         f"in [0, 1]); {fix}")
+    return pointer
 
 
 def decide(candidate: str, scores: dict[str, float], promoted: dict | None, skill: str, training_level: int,
@@ -79,6 +102,4 @@ def apply(root: Path, decision: Decision, checkpoint_path: str, eval_scores: dic
         return
     pointer = {"checkpoint": decision.candidate, "path": checkpoint_path, "eval": eval_scores,
                "reason": decision.reason, "time": now, "previous": decision.previous}
-    tmp = state / f".promoted.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(pointer, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, promoted_path(root))
+    write_json(promoted_path(root), pointer)

@@ -34,15 +34,15 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
-import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from dojo.sidecar import read_sidecar, sidecar_path
+from dojo.storage import copy_private, open_regular, read_json, write_json
+from dojo.text import printable
 
 PRIORITIES = ("high", "normal", "low")
 STATES = ("inbox", "queued", "processing", "done", "failed", "trash")
@@ -79,17 +79,15 @@ def _iso(when: dt.datetime) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write. (model.checkpoint has the same helper but imports torch; the queue must stay light.)"""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Atomic JSON write that leaves no temp file behind on failure (``dojo.storage.write_json``)."""
+    write_json(path, data)
 
 
 def _scan(path: Path) -> tuple[str, int]:
     """(sha256, non-blank line count) in one pass over the file."""
     h = hashlib.sha256()
     examples = 0
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for line in f:
             h.update(line)
             if line.strip():
@@ -276,7 +274,7 @@ def _adopt_orphan_sidecar(cfg, file_id: str, dest: Path) -> None:
             if data.exists():
                 continue
             try:
-                block = json.loads(side.read_text(encoding="utf-8")).get("queue") or {}
+                block = (read_json(side, what="sidecar") or {}).get("queue") or {}
             except (OSError, ValueError, AttributeError):
                 continue
             if block.get("id") == file_id:
@@ -284,22 +282,42 @@ def _adopt_orphan_sidecar(cfg, file_id: str, dest: Path) -> None:
                 return
 
 
-def _update_block(data: Path, **fields) -> None:
-    meta = read_sidecar(data)
-    if meta is None:
-        meta = {"generator": None}
+def _with_block(meta: dict | None, **fields) -> dict:
+    """The sidecar ``meta`` with its queue block updated by ``fields`` (``event`` appends to the history)."""
+    meta = dict(meta) if meta is not None else {"generator": None}
     block = dict(meta.get("queue") or {})
     event = fields.pop("event", None)
     block.update(fields)
     if event:
         block["history"] = list(block.get("history") or []) + [event]
     meta["queue"] = block
-    _write_json(sidecar_path(data), meta)
+    return meta
+
+
+def _update_block(data: Path, **fields) -> None:
+    _write_json(sidecar_path(data), _with_block(read_sidecar(data), **fields))
+
+
+def _write_private(path: Path, text: str, like: Path) -> None:
+    """Write a new file with no wider mode than ``like`` (a reason may quote a line of a private file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, os.stat(like).st_mode & 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
 
 
 def _move(cfg, entry: QueueEntry, state: str, priority: str | None = None, reason: str | None = None,
           event: str = "moved") -> QueueEntry:
     """Move ``entry`` (data first, then its companions) into ``state``; call with the lock held.
+
+    Everything that needs disk space (the updated sidecar, a new reason) is written to temp files in the
+    destination *before* the data rename, which is the commit point; after it only renames follow. So a full
+    or read-only disk fails the move before anything moved (no half-moved pair, no temp file left), and the
+    sidecar always tells the state the folder tells.
 
     Raises _Gone when the data file is not where ``entry`` says (someone else moved it). A broken sidecar
     (e.g. written by hand) is kept byte-for-byte and nothing is recorded in it, so such a file may only go to
@@ -310,37 +328,58 @@ def _move(cfg, entry: QueueEntry, state: str, priority: str | None = None, reaso
     folder = _folder(cfg, state, priority)
     folder.mkdir(parents=True, exist_ok=True)
     src = entry.path
+    if not src.exists():
+        raise _Gone(str(src))
     dest = folder / _free_name(folder, entry.name, entry.id)
+    if not sidecar_path(src).exists():
+        _adopt_orphan_sidecar(cfg, entry.id, src)      # re-pair a sidecar a killed move left behind
+    staged: list[Path] = []
     try:
-        os.rename(src, dest)                      # the commit point: exactly one mover wins
-    except FileNotFoundError:
-        raise _Gone(str(src)) from None
-    if sidecar_path(src).exists():
-        os.rename(sidecar_path(src), sidecar_path(dest))
-    else:
-        _adopt_orphan_sidecar(cfg, entry.id, dest)
-    if _companion(src, REASON).exists():
+        new_reason = None
+        if reason is not None:
+            new_reason = folder / f".{dest.stem}{REASON}.tmp-{os.getpid()}"
+            staged.append(new_reason)
+            _write_private(new_reason, reason.rstrip("\n") + "\n", src)
+        new_side = None
+        if broken is None:
+            record = {"at": _iso(_now()), "event": event, "from": entry.state, "to": state}
+            if reason is not None:
+                record["reason"] = reason
+            fields = {"state": state, "event": record}
+            if state == "queued":
+                fields["priority"] = priority
+            meta = read_sidecar(src) or {}
+            if not isinstance(meta.get("queue"), dict) or not meta["queue"].get("sha256"):
+                # a file dropped in by hand (no queue block yet): record what add would have recorded
+                fields.update(id=entry.id, sha256=entry.sha256, size_bytes=entry.size_bytes,
+                              examples=entry.examples, added_at=entry.added_at)
+                fields.setdefault("priority", entry.priority)
+            new_side = folder / f".{dest.stem}.meta.json.tmp-{os.getpid()}"
+            staged.append(new_side)
+            write_json(new_side, _with_block(meta, **fields))
+        try:
+            os.rename(src, dest)                  # the commit point: exactly one mover wins
+        except FileNotFoundError:
+            raise _Gone(str(src)) from None
+    except BaseException:
+        for tmp in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    # after the commit: renames and unlinks only (they need no free space)
+    if new_side is not None:
+        os.replace(new_side, sidecar_path(dest))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sidecar_path(src))
+    elif sidecar_path(src).exists():
+        os.rename(sidecar_path(src), sidecar_path(dest))        # a broken sidecar travels untouched
+    if new_reason is not None:
+        os.replace(new_reason, _companion(dest, REASON))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_companion(src, REASON))
+    elif _companion(src, REASON).exists():
         os.rename(_companion(src, REASON), _companion(dest, REASON))
-    if reason is not None:
-        tmp = folder / f".{dest.stem}{REASON}.tmp-{os.getpid()}"
-        tmp.write_text(reason.rstrip("\n") + "\n", encoding="utf-8")
-        os.replace(tmp, _companion(dest, REASON))
-    if broken is not None:
-        return _entry(dest, state, None, _now())
-    record = {"at": _iso(_now()), "event": event, "from": entry.state, "to": state}
-    if reason is not None:
-        record["reason"] = reason
-    fields = {"state": state, "event": record}
-    if state == "queued":
-        fields["priority"] = priority
-    meta = read_sidecar(dest) or {}
-    if not isinstance(meta.get("queue"), dict) or not meta["queue"].get("sha256"):
-        # a file dropped in by hand (no queue block yet): record what add would have recorded
-        fields.update(id=entry.id, sha256=entry.sha256, size_bytes=entry.size_bytes, examples=entry.examples,
-                      added_at=entry.added_at)
-        fields.setdefault("priority", entry.priority)
-    _update_block(dest, **fields)
-    return _entry(dest, state, priority if state == "queued" else None, _now())
+    return _entry(dest, state, priority if state == "queued" and broken is None else None, _now())
 
 
 def _move_checked(cfg, entry: QueueEntry, state: str, priority: str | None = None, **kw) -> QueueEntry:
@@ -352,26 +391,26 @@ def _move_checked(cfg, entry: QueueEntry, state: str, priority: str | None = Non
 
 
 # ---------------------------------------------------------------- operations
-def add(cfg, file, priority: str = "normal") -> QueueEntry:
+def add(cfg, file, priority: str = "normal", original_path: str | Path | None = None) -> QueueEntry:
     """Copy ``file`` (and its sidecar, when it has one) into ``queue/{priority}/`` under a sanitised name.
 
     The user's file is never moved or changed. Refuses (ValueError) a file whose content is already queued,
     processing or done (a file is not trained twice), or in failed/ or trash/ (use retry). A different file
     of the same name is kept beside it as ``{stem}-{id}.jsonl``. The sidecar gets a ``queue`` block
     {id, sha256, priority, added_at, original_path, size_bytes, examples, state, history}; a file without a
-    sidecar gets one with ``generator: null``."""
+    sidecar gets one with ``generator: null``. Only a regular file (or a symlink to one) is copied, and the copy
+    is never more readable than the source. ``original_path`` is the user's file the gate staged ``file`` from
+    (recorded in the queue block instead of the staging path)."""
     _check_priority(priority)
     src = Path(file)
-    if not src.is_file():
-        raise ValueError(f"{src}: no such file")
     name = sanitize_name(src.name)
     meta = read_sidecar(src)                       # a broken sidecar is an error, not silently replaced
     meta = dict(meta) if meta is not None else {"generator": None}
     folder = _folder(cfg, "queued", priority)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.tmp-{os.getpid()}"
-    shutil.copyfile(src, tmp)
     try:
+        copy_private(src, tmp)
         sha, examples = _scan(tmp)                 # the identity of what we stored, not of what we read
         file_id = sha[:ID_LEN]
         with _lock(cfg):
@@ -386,7 +425,8 @@ def add(cfg, file, priority: str = "normal") -> QueueEntry:
             dest = folder / _free_name(folder, name, file_id)
             now = _iso(_now())
             meta["queue"] = {"id": file_id, "sha256": sha, "priority": priority, "added_at": now,
-                             "original_path": str(src.resolve()), "size_bytes": tmp.stat().st_size,
+                             "original_path": str(Path(original_path or src).resolve()),
+                             "size_bytes": tmp.stat().st_size,
                              "examples": examples, "state": "queued",
                              "history": [{"at": now, "event": "added", "from": None, "to": "queued"}]}
             _write_json(sidecar_path(dest), meta)  # sidecar first: the data rename below publishes the pair
@@ -539,8 +579,12 @@ def format_list(entries: list[QueueEntry]) -> str:
     if inbox:
         sections.append(("inbox", inbox))
     header = ["ID", "NAME", "EXAMPLES", "SIZE", "AGE", "STATE"]
-    rows = [[e.id, e.name, str(e.examples), _size(e.size_bytes), _age(e.age_seconds), e.state]
-            for _, group in sections for e in group]
+
+    def cells(e: QueueEntry) -> list[str]:
+        # a file dropped in by hand keeps its name: escape control characters so it cannot forge rows
+        return [e.id, printable(e.name), str(e.examples), _size(e.size_bytes), _age(e.age_seconds), e.state]
+
+    rows = [cells(e) for _, group in sections for e in group]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r: list[str]) -> str:
@@ -552,6 +596,5 @@ def format_list(entries: list[QueueEntry]) -> str:
         out.append(f"{title} ({len(group)})")
         if group:
             out.append(line(header))
-            out += [line([e.id, e.name, str(e.examples), _size(e.size_bytes), _age(e.age_seconds), e.state])
-                    for e in group]
+            out += [line(cells(e)) for e in group]
     return "\n".join(out)

@@ -41,7 +41,9 @@ class CheckOutcome:
 
 # ---------------------------------------------------------------- queue side
 def lineage_files(cfg) -> set[str]:
-    """sha256 of every file trained into the current lineage (from the latest checkpoint's ledger)."""
+    """sha256 of every file trained into the current lineage (from the latest checkpoint's ledger). "Latest" is the
+    newest valid checkpoint, the one the next chunk resumes from: a file trained only into a quarantined one is
+    not in the lineage and goes back to the queue."""
     from model.checkpoint import latest_checkpoint, read_ledger
 
     latest = latest_checkpoint(cfg.root)

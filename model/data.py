@@ -257,13 +257,13 @@ def line_group(messages) -> str:
 
 # ---------------------------------------------------------------- checking a file
 def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None = None, tokenizer=None,
-               build_cache: bool = False) -> tuple[FileReport, CacheBuild | None]:
+               build_cache: bool = False, label: str | None = None) -> tuple[FileReport, CacheBuild | None]:
     """The one check of a data file (``validation.validate.check_file`` with this config's rendering). At
     STANDARD and DEEP every line is rendered and tokenized once; with ``build_cache`` the accepted lines'
     examples are written to a CacheBuild the caller commits (``commit_cache``) or discards."""
     depth = depth or cfg.validation.depth
     if depth == "quick":
-        return check_lines(path, cfg, depth, spec), None
+        return check_lines(path, cfg, depth, spec, label=label), None
     if tokenizer is None:
         from model.loading import load_tokenizer
 
@@ -272,7 +272,7 @@ def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None
     on_accept = (lambda line, examples, messages: build.add(line, examples, line_group(messages))) if build else None
     try:
         with Rendering.of(cfg).tokenizer_for(tokenizer, num_proc(cfg)) as tokenize:
-            report = check_lines(path, cfg, depth, spec, tokenize, on_accept)
+            report = check_lines(path, cfg, depth, spec, tokenize, on_accept, label)
     except BaseException:
         if build:
             build.discard()
@@ -354,7 +354,7 @@ def load_tokenized(cfg, path: str | Path, tokenizer, sha256: str | None = None) 
     path = Path(path)
     try:
         sha256 = sha256 or sha256_file(path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:       # ValueError: not a regular file (a FIFO is never opened)
         raise DataError([Issue(str(path), 0, "unreadable@1", str(exc))]) from None
     key = cache_key(cfg, tokenizer, sha256)
     entry = Path(cfg.root).joinpath(*CACHE_DIR, key)

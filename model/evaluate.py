@@ -31,17 +31,27 @@ log = logging.getLogger("dojo.eval")
 
 
 def resolve_checkpoint(cfg: Config, name_or_path: str) -> Path:
-    """A checkpoint given as a path, a name under ``checkpoints/``, or ``latest``."""
+    """A checkpoint given as a path, a name under ``checkpoints/``, or ``latest``, verified before anything loads
+    it. ``latest`` is the newest valid checkpoint (invalid newer ones are quarantined, see
+    ``model.checkpoint.latest_checkpoint``). A named one is refused with every problem found: a dojo checkpoint
+    (ledger, manifest or canonical name) must pass ``verify_checkpoint``, any other directory must be a usable
+    model directory (safetensors only)."""
+    from validation.model_dir import check_model_dir, refuse_pickle_weights
+
     if name_or_path == "latest":
         found = ckpt.latest_checkpoint(cfg.root)
         if found is None:
-            raise ValueError(f"no checkpoints under {cfg.root / 'checkpoints'} yet")
+            raise ValueError(f"no valid checkpoints under {cfg.root / 'checkpoints'} yet")
         return found
     path = Path(name_or_path)
     if not path.exists() and (cfg.root / "checkpoints" / name_or_path).exists():
         path = cfg.root / "checkpoints" / name_or_path
     if not path.is_dir():
         raise ValueError(f"checkpoint {name_or_path} not found (as a path or under {cfg.root / 'checkpoints'})")
+    refuse_pickle_weights(path)
+    problems = ckpt.verify_checkpoint(path) if ckpt.looks_like_checkpoint(path) else check_model_dir(path).problems
+    if problems:
+        raise ValueError(f"{path} cannot be used: {'; '.join(problems)}")
     return path
 
 

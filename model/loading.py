@@ -90,8 +90,9 @@ def adapter_base(path: str | Path) -> str | None:
 
 
 def has_weights(path: str | Path) -> bool:
-    """Whether a local model directory holds weights (safetensors or pickle, one file or sharded)."""
-    return any(p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json") for p in Path(path).iterdir())
+    """Whether a local model directory holds safetensors weights (one file or sharded). Pickle weights do not
+    count: ``refuse_pickle_weights`` turns such a directory away first."""
+    return any(p.suffix == ".safetensors" or p.name.endswith(".safetensors.index.json") for p in Path(path).iterdir())
 
 
 def random_model(name_or_path: str | Path, runtime: Runtime, trust_remote_code: bool = False, seed: int = 0):
@@ -117,6 +118,9 @@ def load_model(name_or_path: str | Path, runtime: Runtime, trust_remote_code: bo
     """
     from transformers import AutoModelForCausalLM
 
+    from validation.model_dir import refuse_pickle_weights
+
+    refuse_pickle_weights(str(name_or_path))   # before any loader: unpickling runs code
     base = adapter_base(name_or_path) if Path(str(name_or_path)).is_dir() else None
     if init == "random":
         if base:
@@ -124,11 +128,12 @@ def load_model(name_or_path: str | Path, runtime: Runtime, trust_remote_code: bo
         model = random_model(name_or_path, runtime, trust_remote_code, seed)
     else:
         weights_dir = Path(str(base or name_or_path))
+        refuse_pickle_weights(weights_dir)     # an adapter's base directory too
         if weights_dir.is_dir() and not has_weights(weights_dir):
             raise ValueError(f"model directory {weights_dir} has no weights (model.safetensors or shards); to train "
                              f"it from random weights built from its config.json, set model.init: random")
-        model = AutoModelForCausalLM.from_pretrained(
-            str(weights_dir), dtype=getattr(torch, runtime.dtype),
+        model = AutoModelForCausalLM.from_pretrained(       # use_safetensors: a hub id never falls back to pickle
+            str(weights_dir), dtype=getattr(torch, runtime.dtype), use_safetensors=True,
             attn_implementation=runtime.attn_implementation, trust_remote_code=trust_remote_code)
     if base:
         from peft import PeftModel

@@ -37,6 +37,7 @@ from model.loading import adapter_base, add_lora, apply_liger, load_model, load_
 from model.optimizers import build as build_optimizers
 from model.packing import PackedRow, collate
 from validation.masking import require_ok
+from validation.model_dir import refuse_pickle_weights
 
 log = logging.getLogger("dojo.train")
 
@@ -202,8 +203,9 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         preflight_vram(cfg, runtime)
     if runtime.liger:
         apply_liger()
-    parent = ckpt.latest_checkpoint(cfg.root)
+    parent = ckpt.latest_checkpoint(cfg.root)   # the newest *valid* one: broken newer ones are quarantined
     source = parent or cfg.model.name_or_path
+    refuse_pickle_weights(source)                # before the tokenizer, the data or any loader touches it
     parent_ledger = ckpt.read_ledger(parent) if parent else {}
     if parent:
         check_same_base(parent, parent_ledger, cfg)
@@ -249,7 +251,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
             o.load_state_dict(st)
         for sc, st in zip(schedulers, saved_scheds):
             sc.load_state_dict(st)
-        trainer = ckpt.load_state(state_dir, "trainer")
+        trainer = ckpt.read_trainer_state(parent)
         set_rng_state(ckpt.load_state(state_dir, "rng"))
         if trainer["data"]["sha256"] == file_sha:
             epoch, offset = trainer["data"]["epoch"], trainer["data"]["offset"]

@@ -7,7 +7,9 @@ the training level (checkpoint, step, accuracy, time). A skill advances when the
 advance. Strategies choose the skill to generate for: ``equal`` (round robin), ``focus`` (the first skill in
 priority order until mastered), ``weighted`` (random by weight, seeded), ``catch_up`` (lowest level first).
 
-Plain functions over plain dicts, written atomically; no Prefect, no torch.
+Plain functions over plain dicts, written atomically; no Prefect, no torch. ``load`` checks the file before
+anything uses it (a regular file, not too big, JSON, the shape above) and names it in every error; skills sit
+below dojo in the layers, so this is a local check rather than ``dojo.storage.read_json``.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import datetime as dt
 import json
 import os
 import random
+import stat
 from pathlib import Path
 
 from skills import SKILLS
@@ -22,6 +25,7 @@ from skills import SKILLS
 WINDOW = 3
 THRESHOLD = 0.80
 STRATEGIES = ("equal", "focus", "weighted", "catch_up")
+MAX_STATE_BYTES = 64 << 20      # as dojo.storage.MAX_STATE_BYTES
 
 
 def state_path(root: Path) -> Path:
@@ -36,10 +40,76 @@ def new_state(skills: list[str]) -> dict:
             "skills": {s: {"level": 0, "history": [], "advanced_at": []} for s in skills}}
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_accuracy(value) -> bool:
+    # NaN would compare False against the threshold and advance the skill
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def _shape_problem(state) -> str | None:
+    """What is wrong with the shape of a parsed curriculum state, or None."""
+    if not isinstance(state, dict):
+        return f"must be a JSON object, not {type(state).__name__}"
+    if "turn" in state and not _is_count(state["turn"]):
+        return "has a 'turn' that is not an integer >= 0"
+    if not isinstance(state.get("skills"), dict):
+        return "has no 'skills' mapping"
+    for skill, s in state["skills"].items():
+        if skill not in SKILLS:
+            return f"names the unknown skill {skill[:80]!r} (known: {', '.join(SKILLS)})"
+        if not isinstance(s, dict) or not _is_count(s.get("level")):
+            return f"skill {skill!r}: 'level' must be an integer >= 0"
+        history = s.get("history")
+        if not isinstance(history, list) or not all(
+                isinstance(h, dict) and _is_count(h.get("level")) and _is_accuracy(h.get("accuracy"))
+                for h in history):
+            return f"skill {skill!r}: 'history' must be a list of evaluations with a level and an accuracy in [0, 1]"
+        if not isinstance(s.get("advanced_at"), list) or not all(_is_count(i) for i in s["advanced_at"]):
+            return f"skill {skill!r}: 'advanced_at' must be a list of integers >= 0"
+    return None
+
+
+def _read(path: Path) -> dict | None:
+    """The parsed state file, None when there is none; ValueError naming the file for anything unusable."""
+    fix = "fix it, or move it away to restart the curriculum from level 0"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"{path}: the curriculum state cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):           # a FIFO is never opened, so nothing hangs
+        raise ValueError(f"{path}: the curriculum state is not a regular file; {fix}")
+    if st.st_size > MAX_STATE_BYTES:
+        raise ValueError(f"{path}: the curriculum state is {st.st_size} bytes, more than the {MAX_STATE_BYTES} "
+                         f"allowed; {fix}")
+    try:
+        with open(path, "rb") as f:
+            state = json.loads(f.read(MAX_STATE_BYTES + 1).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the curriculum state is not UTF-8 text; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: the curriculum state is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                         f"{exc.colno}); {fix}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: the curriculum state is nested too deeply; {fix}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: the curriculum state cannot be read ({exc.strerror})") from None
+    problem = _shape_problem(state)
+    if problem:
+        raise ValueError(f"{path}: the curriculum state {problem}; {fix}")
+    return state
+
+
 def load(root: Path, skills: list[str]) -> dict:
-    """The curriculum state, created for ``skills`` when missing; skills added to config are added here."""
-    path = state_path(root)
-    state = json.loads(path.read_text(encoding="utf-8")) if path.exists() else new_state(skills)
+    """The curriculum state, created for ``skills`` when missing; skills added to config are added here.
+    ValueError naming ``state/curriculum.json`` when the file is not a usable state."""
+    state = _read(state_path(root))
+    if state is None:
+        state = new_state(skills)
     for s in skills:
         state["skills"].setdefault(s, new_state([s])["skills"][s])
     return state

@@ -41,16 +41,18 @@ def claim(cfg) -> steps.Claimed | None:
 def check_claimed(cfg, claimed: steps.Claimed) -> steps.CheckOutcome:
     outcome = steps.check_claimed(cfg, claimed)
     v = outcome.validation
-    rows = [{"field": k, "value": str(v.get(k))} for k in
-            ("file", "spec", "depth", "validator", "total", "accepted", "rejected", "outcome", "sha256")]
     from dojo.sidecar import read_sidecar
+    from dojo.text import printable
 
     meta = read_sidecar(claimed.path) or {}
-    rows = [{"field": "generator", "value": str(meta.get("generator"))},
-            {"field": "params", "value": str(meta.get("params"))}] + rows
-    rows += [{"field": f"rejected: {rule}", "value": str(n)} for rule, n in v["rejected_by_rule"].items()]
-    rows += [{"field": f"warning: {rule}", "value": str(n)} for rule, n in v["warnings_by_rule"].items()]
-    create_table_artifact(key=f"lineage-{claimed.id}", table=rows, description=f"Lineage of {claimed.name}")
+    rows = [("generator", meta.get("generator")), ("params", meta.get("params"))]
+    rows += [(k, v.get(k)) for k in ("file", "spec", "depth", "validator", "total", "accepted", "rejected",
+                                     "outcome", "sha256")]
+    rows += [(f"rejected: {rule}", n) for rule, n in v["rejected_by_rule"].items()]
+    rows += [(f"warning: {rule}", n) for rule, n in v["warnings_by_rule"].items()]
+    create_table_artifact(key=f"lineage-{claimed.id}",     # fields come from files: control characters escaped
+                          table=[{"field": printable(f, 200), "value": printable(x, 500)} for f, x in rows],
+                          description=f"Lineage of {printable(claimed.name, 200)}")
     stats = lineage_stats.load(cfg)
     create_table_artifact(key="lineage-stats", table=lineage_stats.generator_rows(stats) or [{"generator": "none"}],
                           description="Rejections per generator@version")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from dojo.sidecar import read_sidecar
+from dojo.storage import open_regular
 from validation import content
 from validation.errors import Issue, show_value
 
@@ -118,7 +119,7 @@ def iter_records(path: Path, report: FileReport, warn, reject) -> Iterator[tuple
 
     Counts examples into ``report.total``; a line that cannot be read (too large, not UTF-8, not JSON) goes
     to ``reject``; a BOM, CRLF endings and blank lines go to ``warn``. Raises OSError when unreadable."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:           # a FIFO, device or directory is refused, never read (no hang)
         for number, line in enumerate(f, start=1):
             if number == 1 and line.startswith(b"\xef\xbb\xbf"):
                 warn(1, "bom", "the file starts with a UTF-8 byte-order mark (ignored)")
@@ -166,11 +167,12 @@ Tokenize = Callable[[list], list]
 
 def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None = None,
                tokenize: Tokenize | None = None,
-               on_accept: Callable[[int, list, list], None] | None = None) -> FileReport:
+               on_accept: Callable[[int, list, list], None] | None = None, label: str | None = None) -> FileReport:
     """Validate ``path`` at ``depth`` (default ``cfg.validation.depth``), streaming. Never modifies the file.
 
     STANDARD and DEEP need ``tokenize`` (from the model layer). ``on_accept(line, examples, messages)`` receives
-    every accepted line, in file order: its tokenized examples (none at QUICK) and its chat messages."""
+    every accepted line, in file order: its tokenized examples (none at QUICK) and its chat messages. ``label``
+    is the name reports use for the file (the user's file when ``path`` is the gate's private copy of it)."""
     path = Path(path)
     depth = depth or cfg.validation.depth
     if depth not in DEPTHS:
@@ -180,7 +182,7 @@ def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None
     from validation import specs      # pandas + pandera: imported when a file is checked, not by every chunk
 
     v = cfg.validation
-    name = str(path)
+    name = label or str(path)
     try:
         spec_name, meta = resolve_spec(path, spec)
     except ValueError as exc:
@@ -218,7 +220,7 @@ def check_file(path: str | Path, cfg, depth: str | None = None, spec: str | None
                 [([], 0)] * len(pending)
             for (number, messages), result in zip(pending, results):
                 _accept_line(report, cfg, number, messages, result, tokenize is not None, on_accept, reject)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:      # ValueError: open_regular refused a FIFO, device or directory
         report.file_issues.append(Issue(name, 0, "unreadable@1", str(exc)))
         return report
     if report.total == 0:
