@@ -1,6 +1,10 @@
 """Small helpers for building test inputs."""
+import contextlib
 import json
+import subprocess
 from pathlib import Path
+
+import pytest
 
 
 def write_jsonl(path: Path, records) -> Path:
@@ -17,3 +21,18 @@ def chat(*turns, system=None):
     messages = [{"role": "system", "content": system}] if system else []
     messages += [{"role": r, "content": c} for r, c in turns]
     return {"messages": messages}
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str):
+    """A tmpfs mounted at ``mount`` (created) with ``options`` (e.g. "size=4m", "ro,size=1m") for the block;
+    skips the test when mounting is not allowed (it needs root)."""
+    mount.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here (needs root): {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import time
 import typing
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from dojo import cli
 from dojo import config as C
+from tests.helpers import tmpfs
 
 ALIAS_BOMB = """\
 a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
@@ -175,14 +175,8 @@ def test_a_root_that_is_a_file_is_refused(tmp_path, capsys, monkeypatch):
 def read_only_dir(tmp_path):
     """A directory on a read-only tmpfs (root is needed to mount; skipped without it). os.access reports a
     read-only mount as not writable even for root, unlike a chmod 0555 directory."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {proc.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
+        yield mount
 
 
 def test_a_read_only_root_is_refused_at_load(tmp_path, capsys, monkeypatch, read_only_dir):

@@ -19,6 +19,7 @@ from dojo import cli
 from dojo import config as C
 from dojo import queue
 from dojo.generate import generate_file
+from tests.helpers import tmpfs
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -142,16 +143,9 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 @pytest.fixture
 def small_disk(tmp_path, monkeypatch):
     """DOJO_HOME on a 4 MiB tmpfs, unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    home = mount / "home"
-    monkeypatch.setenv("DOJO_HOME", str(home))
-    yield home
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "disk", "size=4m") as mount:
+        monkeypatch.setenv("DOJO_HOME", str(mount / "home"))
+        yield mount / "home"
 
 
 def fill(disk: Path) -> None:
