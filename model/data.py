@@ -74,8 +74,14 @@ class Rendering:
         return BatchTokenizer(self, tokenizer, num_proc)
 
 
-_WORKER: tuple | None = None        # (rendering, tokenizer), inherited by forked tokenizing processes
-POOL_MIN_LINES = 512                # batches smaller than this are tokenized in-process
+_WORKER: tuple | None = None        # (rendering, tokenizer) of a tokenizing worker process
+POOL_MIN_LINES = 4000               # smaller batches are tokenized in-process: starting workers costs ~2-3 s
+
+
+def _init_worker(rendering: "Rendering", tokenizer) -> None:
+    global _WORKER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"     # each worker is one process already
+    _WORKER = (rendering, tokenizer)
 
 
 def _tokenize_items(items):
@@ -85,8 +91,9 @@ def _tokenize_items(items):
 
 class BatchTokenizer:
     """``validation.validate``'s tokenize callable: a batch of (messages, source) → one result per line, in
-    order. With ``num_proc`` > 1, large batches are spread over forked processes (the tokenizer is inherited,
-    not pickled); call ``close`` (or use it as a context manager) to stop them."""
+    order. With ``num_proc`` > 1, large batches are spread over worker processes; call ``close`` (or use it as
+    a context manager) to stop them. Workers are *spawned* (fresh interpreters that receive the tokenizer once),
+    not forked: this runs inside Prefect workers, whose threads may hold locks at fork time."""
 
     def __init__(self, rendering: Rendering, tokenizer, num_proc: int = 1):
         self.rendering, self.tokenizer, self.num_proc = rendering, tokenizer, num_proc
@@ -98,10 +105,8 @@ class BatchTokenizer:
         if self._pool is None:
             import multiprocessing
 
-            global _WORKER
-            _WORKER = (self.rendering, self.tokenizer)
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")   # each worker is one process already
-            self._pool = multiprocessing.get_context("fork").Pool(self.num_proc)
+            self._pool = multiprocessing.get_context("spawn").Pool(self.num_proc, initializer=_init_worker,
+                                                                   initargs=(self.rendering, self.tokenizer))
         size = -(-len(items) // (4 * self.num_proc))
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
         return [r for chunk in self._pool.map(_tokenize_items, chunks) for r in chunk]

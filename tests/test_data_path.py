@@ -285,3 +285,13 @@ def test_eval_prompt_is_exactly_the_masked_prefix_training_saw(qwen3_tokenizer, 
         prompt = generation_prompt(messages[:-1], qwen3_tokenizer)
         assert list(example.input_ids[:first_trained]) == qwen3_tokenizer(prompt, add_special_tokens=False)["input_ids"]
         assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_tokenizing_in_worker_processes_gives_the_same_examples(tmp_path, qwen3_small_dir, qwen3_tokenizer,
+                                                                 monkeypatch):
+    """data.num_proc > 1 spreads large batches over spawned processes; the result is identical, in order."""
+    monkeypatch.setattr(data, "POOL_MIN_LINES", 100)
+    path = with_spec(write_jsonl(tmp_path / "many.jsonl", (REASONING + PLAIN_MULTI + CLASSIFY) * 20))  # 720 lines
+    one = data.tokenize_file(qwen3_cfg(qwen3_small_dir, data={"num_proc": 1}), path, qwen3_tokenizer)[1]
+    two = data.tokenize_file(qwen3_cfg(qwen3_small_dir, data={"num_proc": 2}), path, qwen3_tokenizer)[1]
+    assert len(one) == 960 and one == two
