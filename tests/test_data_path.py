@@ -290,7 +290,7 @@ def test_eval_prompt_is_exactly_the_masked_prefix_training_saw(qwen3_tokenizer, 
 def test_tokenizing_in_worker_processes_gives_the_same_examples(tmp_path, qwen3_small_dir, qwen3_tokenizer,
                                                                  monkeypatch):
     """data.num_proc > 1 spreads large batches over spawned processes; the result is identical, in order."""
-    monkeypatch.setattr(data, "POOL_MIN_LINES", 100)
+    monkeypatch.setattr(data, "POOL_AFTER_LINES", 0)
     path = with_spec(write_jsonl(tmp_path / "many.jsonl", (REASONING + PLAIN_MULTI + CLASSIFY) * 20))  # 720 lines
     one = data.tokenize_file(qwen3_cfg(qwen3_small_dir, data={"num_proc": 1}), path, qwen3_tokenizer)[1]
     two = data.tokenize_file(qwen3_cfg(qwen3_small_dir, data={"num_proc": 2}), path, qwen3_tokenizer)[1]
