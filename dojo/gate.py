@@ -17,7 +17,6 @@ The user's own file is never moved or modified.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from dojo import lineage_stats, queue
 from dojo.sidecar import read_sidecar, sidecar_path
-from dojo.storage import copy_private, sha256_file
+from dojo.storage import copy_private, sha256_file, write_json
 from validation.validate import FileReport, write_split
 
 
@@ -94,7 +93,6 @@ def admit(cfg, file: str | Path, priority: str = "normal", depth: str | None = N
         refusal = None
         if report.accepted:
             data.commit_cache(cfg, build, tokenizer, queued_sha, str(src))
-            build = None
             # the packing plan and the masking verdict, once, here: the first chunk then starts like any later one
             masking = data.prepare(cfg, queued_file, tokenizer, queued_sha).masking
             if not masking.ok:
@@ -122,4 +120,4 @@ def admit(cfg, file: str | Path, priority: str = "normal", depth: str | None = N
 
 
 def _write_sidecar(data_file: Path, meta: dict) -> None:
-    sidecar_path(data_file).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(sidecar_path(data_file), meta)

@@ -7,7 +7,6 @@ tasks can pass them around without pickling models.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -166,8 +165,9 @@ def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> CheckOutcome:
         meta = read_sidecar(path) or {}
         meta["train_sha256"] = train_sha    # what the lineage will record (see recover_orphans)
         from dojo.sidecar import sidecar_path
+        from dojo.storage import write_json
 
-        sidecar_path(path).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(sidecar_path(path), meta)
     data.commit_cache(cfg, build, tokenizer, train_sha, str(path))
     data.prepare(cfg, train_file, tokenizer, train_sha)     # plan + masking verdict now; training only opens them
     validation = gate.record(cfg, path, report, claimed.sha256, {"verdict_key": data.verdict_key(cfg)})

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.chat import IGNORE, tokenize_conversation, with_system_prompt
+from model.chat import tokenize_conversation, with_system_prompt
 from model.packing import PackedRow, PackPlan, pack_bfd
 from validation.errors import DataError, Issue
 from validation.masking import MaskingReport, Thresholds, validate_rows
@@ -491,11 +491,3 @@ def _report_from_dict(d: dict) -> MaskingReport:
     return MaskingReport(d["rows"], d["tokens"], d["masked_ratio"],
                          [CheckResult(name=c["name"], passed=c["passed"], detail=c["detail"],
                                       warning_only=c["warning_only"], failures=c["failures"]) for c in d["checks"]])
-
-
-def trained_tokens(labels) -> int:
-    return sum(1 for x in labels if x != IGNORE)
-
-
-__all__ = ["check_file", "commit_cache", "load_tokenized", "prepare", "tokenize_file", "cache_key", "verdict_key", "Rendering",
-           "DataError", "Issue"]

@@ -31,6 +31,17 @@ LAYERS = (
 )
 
 
+def literal_import(node) -> str | None:
+    """The module of a literal ``importlib.import_module("x")`` / ``__import__("x")`` call, else None."""
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+            and isinstance(node.args[0].value, str):
+        func = node.func
+        if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)) in ("import_module",
+                                                                                             "__import__"):
+            return node.args[0].value
+    return None
+
+
 def imported_modules(source: str, filename: str = "<string>") -> list[tuple[int, str]]:
     """(line, dotted module name) for every import in ``source``: import/from statements plus literal
     ``importlib.import_module("x")`` and ``__import__("x")`` calls."""
@@ -41,12 +52,8 @@ def imported_modules(source: str, filename: str = "<string>") -> list[tuple[int,
         elif isinstance(node, ast.ImportFrom):
             if node.level == 0 and node.module:   # relative imports stay inside the package
                 found.append((node.lineno, node.module))
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
-            func = node.func
-            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-            if name in ("import_module", "__import__"):
-                found.append((node.lineno, node.args[0].value))
+        elif literal_import(node):
+            found.append((node.lineno, literal_import(node)))
     return found
 
 
@@ -106,12 +113,8 @@ def project_imports(path: Path, root: Path = REPO) -> list[tuple[int, str]]:
             for alias in node.names:
                 sub = f"{base}.{alias.name}" if base else alias.name
                 found.append((node.lineno, sub if is_module(sub, root) else base))
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
-            func = node.func
-            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-            if name in ("import_module", "__import__"):
-                found.append((node.lineno, node.args[0].value))
+        elif literal_import(node):
+            found.append((node.lineno, literal_import(node)))
     return sorted({(line, m) for line, m in found if m.split(".")[0] in PROJECT})
 
 
