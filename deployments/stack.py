@@ -83,6 +83,14 @@ def api_url(cfg, port: int | None = None) -> str:
     return f"http://{cfg.pipeline.host}:{port or server_port(cfg)}/api"
 
 
+def vacuum_env(cfg) -> dict:
+    """Prefect's database vacuum: finished flow runs and events older than ``retention.prefect_days`` go."""
+    seconds = str(int(cfg.retention.prefect_days * 86400))
+    return {"PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": seconds,
+            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"PT{seconds}S"}     # a plain timedelta: ISO 8601 only
+
+
 def stack_env(cfg, config_path: str | None = None, port: int | None = None) -> dict:
     """Environment for the server, the workers (and so every flow run) and the prefect CLI."""
     home = Path(cfg.root) / "prefect"
@@ -95,6 +103,8 @@ def stack_env(cfg, config_path: str | None = None, port: int | None = None) -> d
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(cfg.pipeline.heartbeat_seconds),
+        # the server's database must not grow for ever: old flow runs (with their logs) and events are vacuumed
+        **vacuum_env(cfg),
         "DOJO_HOME": str(cfg.root),
         "DOJO_REPO": str(REPO),
         "DOJO_TRAIN_POOL": cfg.pipeline.train_pool,
@@ -522,4 +532,10 @@ def status(cfg, log=print) -> dict:
     promoted = promotion.current(cfg.root)
     out["promoted"] = promoted["checkpoint"] if promoted else None
     log(f"promoted: {out['promoted'] or 'none yet'}" + (f" ({promoted['reason']})" if promoted else ""))
+    from dojo.maintenance import human
+    from dojo.storage import usage
+
+    out["usage"] = usage(cfg.root)
+    log(f"storage {cfg.root}: {human(sum(out['usage'].values()))} — "
+        + ", ".join(f"{folder} {human(n)}" for folder, n in sorted(out["usage"].items(), key=lambda kv: -kv[1])))
     return out

@@ -8,6 +8,7 @@
     dojo eval CHECKPOINT --skill bin [--levels 1,2]
     dojo demo                                 generate BIN level 1, train chunks until it is learned, evaluate
     dojo up [--no-run] / dojo down / dojo status    the local Prefect stack (deployments/stack.py)
+    dojo serve [--host H] [--port P]          the Oracle: OpenAI-compatible chat API + learning-curve page
     dojo queue list | add FILE [--priority high|normal|low] | priority ID LEVEL | retry ID | delete ID
     dojo lineage                              rejection stats per generator and validator
     dojo vram [--model ID_OR_DIR] [--max-length N] [--micro-batch B] [--optimizer O] [--lora] [--liger] [--gpu G]
@@ -170,6 +171,35 @@ def cmd_status(cfg, args) -> int:
     return 0
 
 
+def cmd_serve(cfg, args) -> int:
+    from dojo.oracle.app import serve
+
+    serve(cfg, args.host, args.port)
+    return 0
+
+
+def cmd_maintenance(cfg, args) -> int:
+    from dojo import maintenance
+
+    todo = maintenance.plan(cfg)
+    if args.apply:
+        todo.removals = maintenance.apply(cfg, todo)
+    print(todo.format(applied=args.apply))
+    return 0
+
+
+def cmd_promote(cfg, args) -> int:
+    from dojo.promotion import promote_by_hand
+    from model.evaluate import resolve_checkpoint
+
+    path = resolve_checkpoint(cfg, args.checkpoint)        # verified (manifest, hashes) before it is pointed at
+    if path.parent.resolve() != (cfg.root / "checkpoints").resolve():
+        raise ValueError(f"{path}: only a checkpoint under {cfg.root / 'checkpoints'} can be promoted")
+    decision = promote_by_hand(cfg.root, path, args.reason)
+    print(f"promoted {decision.candidate} (was {decision.previous or 'none'}): {decision.reason}")
+    return 0
+
+
 def cmd_demo(cfg, args) -> int:
     """BIN level 1 end to end: generate, train in chunks (exact resume between them), evaluate each chunk."""
     from model.evaluate import evaluate
@@ -325,6 +355,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="server, pools, workers, queue, curriculum, promoted checkpoint",
                        parents=[common])
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("maintenance", help="retention: show what would be removed (--apply removes it)",
+                       parents=[common])
+    p.add_argument("--apply", action="store_true", help="remove it (default: a dry run that removes nothing)")
+    p.set_defaults(func=cmd_maintenance)
+    p = sub.add_parser("promote", help="promote (or roll back to) a checkpoint by hand", parents=[common])
+    p.add_argument("checkpoint", help="checkpoint name under checkpoints/, its path, or 'latest'")
+    p.add_argument("--reason", required=True, help="why (recorded in state/promotions.jsonl)")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("serve", help="the Oracle: OpenAI-compatible chat API for any checkpoint, and its page",
+                       parents=[common])
+    p.add_argument("--host", help="address to bind (default: serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: serve.port)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="BIN level 1 end to end on the configured (tiny) model", parents=[common])
     p.add_argument("--count", type=int, default=2000)

@@ -115,6 +115,9 @@ class TrainConfig:
     epochs: float = doc("passes over the file when --steps is not given", 1.0)
     log_every: int = doc("log loss every N optimizer steps", 10)
     save_optimizer: bool = doc("store optimizer/scheduler/RNG state in the checkpoint for exact resume", True)
+    report_to: str = doc("experiment trackers through accelerate, comma-separated: none, or any of "
+                         "tensorboard, wandb, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio (one run per "
+                         "lineage; logs under {root}/trackers)", "none")
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,14 @@ DEEP_RULES = ("duplicate", "near_duplicate", "answer_in_prompt", "degenerate_ans
 READER_WARNINGS = ("bom", "line_endings", "blank_line")
 DOWNGRADABLE = DEEP_RULES + READER_WARNINGS
 DISABLEABLE = DOWNGRADABLE + STANDARD_RULES     # too_long may be disabled, never downgraded: dojo never truncates
+# accelerate's tracker names (accelerate.tracking.LOGGER_TYPE_TO_CLASS); model/trackers.py opens them
+REPORT_TO = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio")
+
+
+def report_to_names(value: str) -> list[str]:
+    """``train.report_to`` as a list of tracker names; ``none`` (or nothing) is the empty list."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    return [] if names == ["none"] else names
 
 
 @dataclass(frozen=True)
@@ -194,6 +205,39 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    enabled: bool = doc("dojo up starts the Oracle (dojo serve), dojo down stops it, dojo status prints its URL",
+                        False)
+    host: str = doc("address the Oracle binds to; beyond loopback only with a key already set ($DOJO_API_KEY or "
+                    "state/serve.key)", "127.0.0.1")
+    port: int = doc("port of the Oracle's OpenAI-compatible API and its learning-curve page", 8400)
+    max_resident: int = doc("models kept loaded at once; the least recently used idle one is dropped", 2)
+    max_tokens: int = doc("largest max_tokens a request may ask for; also the default when it asks for none", 512)
+    max_body_bytes: int = doc("largest request body accepted (bytes); a bigger one gets 413", 1 << 20)
+    max_queue: int = doc("requests waiting or generating at once; beyond this a request gets 429", 64)
+    refresh_seconds: int = doc("the page reloads itself every N seconds (0 = never)", 30)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    keep_last_checkpoints: int = doc("checkpoints kept, newest first (>= 1); the promoted one, the best per skill and "
+                                     "level, those not yet evaluated and those in retention.keep are kept besides", 10)
+    keep: tuple[str, ...] = doc("checkpoint names `dojo maintenance` never removes", ())
+    done_days: float = doc("remove trained files in done/ older than this many days (0 = keep forever)", 30.0)
+    failed_days: float = doc("remove rejected files in failed/ older than this many days (0 = keep forever)", 90.0)
+    trash_days: float = doc("remove deleted files in trash/ older than this many days (0 = keep forever)", 14.0)
+    eval_days: float = doc("remove eval reports older than this many days whose checkpoint is gone (0 = keep "
+                           "forever)", 90.0)
+    quarantine_days: float = doc("remove quarantined checkpoints older than this many days (0 = keep forever)", 0.0)
+    cache_days: float = doc("remove tokenized-cache entries unused for this many days (0 = keep forever)", 14.0)
+    tmp_hours: float = doc("remove temp leftovers of killed writers older than this many hours (>= 1)", 24.0)
+    prefect_days: float = doc("Prefect's database keeps finished flow runs and events this many days (dojo up "
+                              "turns its vacuum on)", 30.0)
+    log_max_mb: float = doc("size of each rotating per-step training log file (logs/train.log)", 10.0)
+    log_backups: int = doc("rotated training log files kept beside logs/train.log", 5)
+
+
+@dataclass(frozen=True)
 class Config:
     storage: StorageConfig = doc("where data, checkpoints and state live", default_factory=StorageConfig)
     model: ModelConfig = doc("the model being trained", default_factory=ModelConfig)
@@ -206,6 +250,10 @@ class Config:
                                        default_factory=CurriculumConfig)
     pipeline: PipelineConfig = doc("the Prefect stack: server, pools, workers, the continuous loop",
                                    default_factory=PipelineConfig)
+    serve: ServeConfig = doc("the Oracle: `dojo serve`, an OpenAI-compatible chat API and learning-curve page",
+                             default_factory=ServeConfig)
+    retention: RetentionConfig = doc("what `dojo maintenance` and maintenance/daily remove, and what they never do",
+                                     default_factory=RetentionConfig)
 
     @property
     def root(self) -> Path:
@@ -268,6 +316,24 @@ def _check_values(cfg: Config) -> None:
         ("pipeline.zombie_window_seconds", cfg.pipeline.zombie_window_seconds >= 3 * cfg.pipeline.heartbeat_seconds,
          "an integer >= 3 x pipeline.heartbeat_seconds (a shorter window crashes healthy runs)"),
         ("pipeline.max_failures", cfg.pipeline.max_failures >= 1, "an integer >= 1"),
+        ("train.report_to", all(n in REPORT_TO for n in report_to_names(cfg.train.report_to)) and bool(
+            cfg.train.report_to.strip()), "none, or a comma-separated list of " + ", ".join(REPORT_TO)),
+        ("serve.host", bool(cfg.serve.host.strip()), "an address such as 127.0.0.1"),
+        ("serve.port", 1 <= cfg.serve.port <= 65535, "a port number"),
+        ("serve.max_resident", cfg.serve.max_resident >= 1, "an integer >= 1"),
+        ("serve.max_tokens", 1 <= cfg.serve.max_tokens <= 1 << 16, "an integer in [1, 65536]"),
+        ("serve.max_body_bytes", 1024 <= cfg.serve.max_body_bytes <= 1 << 28, "a number of bytes in [1024, 2**28]"),
+        ("serve.max_queue", cfg.serve.max_queue >= 1, "an integer >= 1"),
+        ("serve.refresh_seconds", cfg.serve.refresh_seconds >= 0, "an integer >= 0"),
+        ("retention.keep_last_checkpoints", cfg.retention.keep_last_checkpoints >= 1,
+         "an integer >= 1 (the newest checkpoint is where training resumes)"),
+        *((f"retention.{k}", getattr(cfg.retention, k) >= 0.0, "a number of days >= 0 (0 = keep forever)")
+          for k in ("done_days", "failed_days", "trash_days", "eval_days", "quarantine_days", "cache_days")),
+        ("retention.tmp_hours", cfg.retention.tmp_hours >= 1.0,
+         "a number of hours >= 1 (a younger temp file may belong to a live writer)"),
+        ("retention.prefect_days", cfg.retention.prefect_days >= 1.0, "a number of days >= 1"),
+        ("retention.log_max_mb", cfg.retention.log_max_mb > 0.0, "a number of MB > 0"),
+        ("retention.log_backups", cfg.retention.log_backups >= 1, "an integer >= 1"),
         ("validation.accept_ratio", 0.0 <= cfg.validation.accept_ratio <= 1.0, "a number in [0, 1]"),
         ("validation.max_char_share", 0.0 < cfg.validation.max_char_share <= 1.0, "a number in (0, 1]"),
         ("validation.min_answer_chars", cfg.validation.min_answer_chars >= 0, "an integer >= 0"),

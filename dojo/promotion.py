@@ -40,7 +40,7 @@ def promoted_path(root: Path) -> Path:
     return Path(root) / "state" / "promoted.json"
 
 
-def _is_score(value) -> bool:
+def is_score(value) -> bool:
     # an accuracy in [0, 1]; NaN is not (every comparison with it is False, which would promote)
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
@@ -57,7 +57,7 @@ def current(root: Path) -> dict | None:
         raise StateError(f"{path}: the promotion pointer has no checkpoint name (a non-empty string); {fix}")
     scores = pointer.get("eval", {})
     if not isinstance(scores, dict) or not all(
-            isinstance(by_level, dict) and all(isinstance(k, str) and _is_score(v) for k, v in by_level.items())
+            isinstance(by_level, dict) and all(isinstance(k, str) and is_score(v) for k, v in by_level.items())
             for by_level in scores.values()):
         raise StateError(f"{path}: the promotion pointer's eval must map skill -> level -> accuracy (a number "
                          f"in [0, 1]); {fix}")
@@ -91,15 +91,62 @@ def decide(candidate: str, scores: dict[str, float], promoted: dict | None, skil
                     f"{'n/a' if beat is None else f'{beat:.3f}'}; no mastered level dropped by more than {tolerance}")
 
 
-def apply(root: Path, decision: Decision, checkpoint_path: str, eval_scores: dict) -> None:
-    """Record the decision; when it promotes, replace ``promoted.json`` atomically (one rename)."""
+def apply(root: Path, decision: Decision, checkpoint_path: str, eval_scores: dict, by: str = "evaluation") -> None:
+    """Record the decision (``by``: evaluation, or by hand); when it promotes, replace ``promoted.json``
+    atomically (one rename). Callers hold ``storage.locked(promoted_path(root))`` from reading the pointer they
+    decided against until this returns, so two deciders cannot both promote against the same old pointer."""
     state = Path(root) / "state"
     state.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with open(state / "promotions.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({**asdict(decision), "time": now}) + "\n")
+        f.write(json.dumps({**asdict(decision), "time": now, "by": by}) + "\n")
     if not decision.promote:
         return
     pointer = {"checkpoint": decision.candidate, "path": checkpoint_path, "eval": eval_scores,
-               "reason": decision.reason, "time": now, "previous": decision.previous}
+               "reason": decision.reason, "time": now, "previous": decision.previous, "by": by}
     write_json(promoted_path(root), pointer)
+
+
+def history(root: Path) -> list[dict]:
+    """Every recorded decision, oldest first (``state/promotions.jsonl``); a line that is not a JSON object
+    (a torn write, an edit) is skipped, not fatal."""
+    path = Path(root) / "state" / "promotions.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+    return out
+
+
+def promote_by_hand(root: Path, checkpoint: Path, reason: str) -> Decision:
+    """Point ``promoted.json`` at ``checkpoint`` — a promotion or a rollback chosen by a person — through the
+    same locked, atomic pointer update evaluation uses, recorded in the history with ``reason`` and
+    ``by: hand``. The pointer carries the checkpoint's own eval scores from its ledger, so the loop's next
+    candidate has to beat *this* checkpoint. The caller verifies the checkpoint first."""
+    from dojo.storage import locked
+    from model.checkpoint import read_ledger
+
+    checkpoint = Path(checkpoint)
+    if not reason.strip():
+        raise ValueError("--reason: say why (it is recorded in state/promotions.jsonl)")
+    ledger = read_ledger(checkpoint)
+    scores = ledger.get("eval") if isinstance(ledger.get("eval"), dict) else {}
+    scores = {skill: {lv: acc for lv, acc in by_level.items() if is_score(acc)}
+              for skill, by_level in scores.items() if isinstance(by_level, dict)}
+    with locked(promoted_path(root)):
+        old = current(root)
+        previous = old["checkpoint"] if old else None
+        if previous == checkpoint.name:
+            raise ValueError(f"{checkpoint.name} is already the promoted checkpoint")
+        level = ledger.get("level") if type(ledger.get("level")) is int else 0
+        decision = Decision(True, checkpoint.name, previous, str(ledger.get("skill") or ""), level,
+                            f"by hand: {reason.strip()}")
+        apply(root, decision, str(checkpoint.resolve()), scores, by="hand")
+    return decision

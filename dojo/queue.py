@@ -34,6 +34,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ MIN_PREFIX = 4
 MAX_STEM = 100          # sanitised stems are capped; room stays for a "-{id}" suffix and ".jsonl"
 SUFFIX = ".jsonl"
 REASON = ".reason.txt"
+RETIRED = Path("state") / "retired.jsonl"     # written by dojo.maintenance when it removes a trained file
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -218,6 +220,24 @@ def _free_name(folder: Path, name: str, file_id: str) -> str:
 
 
 # ---------------------------------------------------------------- reading
+def retired(cfg) -> dict[str, dict]:
+    """Trained files whose file retention removed from done/ (``state/retired.jsonl``), by content sha256: the
+    queue still refuses to train them again. Torn or foreign lines are skipped."""
+    path = cfg.root / RETIRED
+    out: dict[str, dict] = {}
+    if not path.is_file():
+        return out
+    with open_regular(path, "retired-files log") as f:
+        for raw in f:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(line, dict) and isinstance(line.get("sha256"), str):
+                out[line["sha256"]] = line
+    return out
+
+
 def list_entries(cfg) -> list[QueueEntry]:
     """Every data file in every state: queued ones first (high > normal > low, oldest first within each),
     then processing, done, failed, trash and inbox, oldest first."""
@@ -422,6 +442,11 @@ def add(cfg, file, priority: str = "normal", original_path: str | Path | None = 
                                      f"use `dojo queue retry {e.id}` to queue it again")
                 why = " (a file is not trained twice)" if e.state == "done" else ""
                 raise ValueError(f"{src}: the same content is already {e.state} as {e.id} ({e.path}){why}")
+            gone = retired(cfg).get(sha)
+            if gone is not None:
+                raise ValueError(f"{src}: the same content was trained as {file_id} ({gone.get('name')}; its file "
+                                 f"was removed from done/ by retention on {gone.get('removed_at')}); a file is not "
+                                 f"trained twice")
             dest = folder / _free_name(folder, name, file_id)
             now = _iso(_now())
             meta["queue"] = {"id": file_id, "sha256": sha, "priority": priority, "added_at": now,

@@ -14,9 +14,30 @@ from pathlib import Path
 
 from dojo import gate, promotion, queue
 from dojo.sidecar import read_sidecar
+from dojo.storage import locked
 from skills import curriculum
 
 log = logging.getLogger("dojo.steps")
+STEP_LOG = Path("logs") / "train.log"
+
+
+def step_log(cfg) -> logging.Logger:
+    """The per-step training log: ``logs/train.log`` under the storage root, rotated at ``retention.log_max_mb``
+    with ``retention.log_backups`` old files kept, so days of steps never fill the disk or Prefect's database
+    (which gets a summary line per quarter chunk instead)."""
+    from logging.handlers import RotatingFileHandler
+
+    path = Path(cfg.root) / STEP_LOG
+    logger = logging.getLogger(f"dojo.steps.file.{path}")
+    if not logger.handlers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = RotatingFileHandler(path, maxBytes=int(cfg.retention.log_max_mb * 2**20),
+                                      backupCount=cfg.retention.log_backups, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
 
 
 @dataclass(frozen=True)
@@ -86,14 +107,8 @@ def generate_for_curriculum(cfg, count: int | None = None) -> str:
     """Choose skill and level by the curriculum strategy, generate, and admit through the gate."""
     from dojo.generate import generate_file
 
-    c = cfg.curriculum
-    state = curriculum.load(cfg.root, list(c.skills))
-    skill = curriculum.choose_skill(state, c.strategy, list(c.skills), dict(zip(c.skills, c.weights)), c.seed)
-    level = curriculum.training_level(state, skill)
-    state["files_generated"] = state.get("files_generated", 0) + 1
-    seed = c.seed + state["files_generated"]
-    curriculum.save(cfg.root, state)
-    count = count or c.examples_per_file
+    skill, level, seed = next_curriculum_file(cfg)
+    count = count or cfg.curriculum.examples_per_file
     inbox = Path(cfg.root) / "inbox"
     path = generate_file(skill, level, count, seed, inbox / f"curriculum_{skill}_l{level}_s{seed}.jsonl", force=True)
     admission = gate.admit(cfg, path)
@@ -101,6 +116,31 @@ def generate_for_curriculum(cfg, count: int | None = None) -> str:
         p.unlink(missing_ok=True)     # our own generated copy: the queue holds it now
     verdict = "queued" if admission.accepted else "REJECTED by the gate"
     return f"generated {count} {skill} level-{level} examples (seed {seed}): {verdict} as {admission.entry.id}"
+
+
+def next_curriculum_file(cfg) -> tuple[str, int, int]:
+    """(skill, level, seed) of the next curriculum file, counted in ``state/curriculum.json``. A locked
+    read-modify-write: the eval pool records evaluations in the same file at the same time."""
+    c = cfg.curriculum
+    with locked(curriculum.state_path(cfg.root)):
+        state = curriculum.load(cfg.root, list(c.skills))
+        skill = curriculum.choose_skill(state, c.strategy, list(c.skills), dict(zip(c.skills, c.weights)), c.seed)
+        level = curriculum.training_level(state, skill)
+        state["files_generated"] = state.get("files_generated", 0) + 1
+        curriculum.save(cfg.root, state)
+    return skill, level, c.seed + state["files_generated"]
+
+
+def record_progress(cfg, skill: str, level: int, accuracy: float, checkpoint: str,
+                    step: int) -> tuple[dict, dict | None]:
+    """Record an evaluation at the training level in ``state/curriculum.json`` (a locked read-modify-write:
+    the training pool counts generated files in the same file). Returns the new state and the advance, if any."""
+    with locked(curriculum.state_path(cfg.root)):
+        state = curriculum.load(cfg.root, list(cfg.curriculum.skills))
+        advance = curriculum.record_eval(state, skill, level, accuracy, checkpoint, step,
+                                         cfg.curriculum.window, cfg.curriculum.threshold)
+        curriculum.save(cfg.root, state)
+    return state, advance
 
 
 def claim(cfg) -> Claimed | None:
@@ -199,14 +239,12 @@ def evaluate_and_promote(cfg, checkpoint: str) -> dict:
     report = evaluate(cfg, path, skill, list(range(1, level + 1)))
     levels = report["skills"][skill]["levels"]
     scores = {lv: r["accuracy"] for lv, r in levels.items()}
-    state = curriculum.load(cfg.root, skills)      # re-read: evaluation took a while
-    advance = curriculum.record_eval(state, skill, level, scores[str(level)], path.name, ledger["step"],
-                                     cfg.curriculum.window, cfg.curriculum.threshold)
-    curriculum.save(cfg.root, state)
+    state, advance = record_progress(cfg, skill, level, scores[str(level)], path.name, ledger["step"])
     mastered = list(range(1, state["skills"][skill]["level"] + 1))
-    decision = promotion.decide(path.name, scores, promotion.current(cfg.root), skill, level,
-                                [lv for lv in mastered if lv != level], cfg.curriculum.promotion_tolerance)
-    promotion.apply(cfg.root, decision, str(path), {skill: scores})
+    with locked(promotion.promoted_path(cfg.root)):   # decide against the pointer as it is when we write it
+        decision = promotion.decide(path.name, scores, promotion.current(cfg.root), skill, level,
+                                    [lv for lv in mastered if lv != level], cfg.curriculum.promotion_tolerance)
+        promotion.apply(cfg.root, decision, str(path), {skill: scores})
     return {"checkpoint": path.name, "step": ledger["step"], "skill": skill, "training_level": level,
             "levels": levels, "advance": advance, "promoted": decision.promote, "reason": decision.reason,
             "decision_markdown": decision.markdown(), "curriculum": state}

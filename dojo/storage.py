@@ -196,3 +196,47 @@ def exclusive_lock(path: Path, what: str):
             f.seek(0)
             f.truncate()
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def locked(path: str | Path):
+    """Hold a blocking flock on ``{path}.lock`` (beside ``path``) for a read-modify-write of ``path``: two
+    writers (the training pool topping the queue up, the eval pool recording an evaluation) take turns, so
+    neither overwrites the other's update. The lock dies with its process; the lock file stays (it is empty)."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a", encoding="utf-8") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def tree_size(path: str | Path) -> int:
+    """Bytes of every regular file under ``path`` (symlinks are not followed; files vanishing meanwhile are skipped)."""
+    total = 0
+    for top, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(top, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
+
+
+def usage(root: str | Path) -> dict[str, int]:
+    """Bytes per top-level folder of the storage root (files directly in the root count as ``.``)."""
+    root = Path(root)
+    out: dict[str, int] = {}
+    if not root.is_dir():
+        return out
+    for entry in sorted(root.iterdir()):
+        if entry.is_symlink():
+            continue
+        if entry.is_dir():
+            out[entry.name] = tree_size(entry)
+        elif entry.is_file():
+            out["."] = out.get(".", 0) + entry.stat().st_size
+    return out

@@ -12,6 +12,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.cache_policies import NO_CACHE
 
 from dojo import lineage_stats, steps
+from dojo.steps import STEP_LOG, step_log
 
 OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -67,12 +68,20 @@ def train_chunk(cfg, train_file: str, steps: int | None, sha256: str | None = No
     from model.train import train_chunk as run_chunk
     from validation.masking import MaskingError
 
-    logger = get_run_logger()
+    logger, steps_log = get_run_logger(), step_log(cfg)
     progress = create_progress_artifact(progress=0.0, key="train-progress", description=f"Training on {train_file}")
+    said = {"quarter": 0}
 
     def on_progress(p: dict) -> None:
-        update_progress_artifact(artifact_id=progress, progress=100.0 * p["chunk_step"] / p["chunk_steps"])
-        logger.info("step %d (%d/%d) loss %.4f lr %.2e", p["step"], p["chunk_step"], p["chunk_steps"], p["loss"], p["lr"])
+        # every logged step goes to the rotating file; the API (Prefect's database) gets a line per quarter
+        line = (f"step {p['step']} ({p['chunk_step']}/{p['chunk_steps']}) loss {p['loss']:.4f} lr {p['lr']:.2e} "
+                f"{p.get('tokens_per_s', 0):.0f} tokens/s")
+        steps_log.info("%s %s", train_file, line)
+        quarter = 4 * p["chunk_step"] // p["chunk_steps"]
+        if quarter > said["quarter"]:
+            said["quarter"] = quarter
+            update_progress_artifact(artifact_id=progress, progress=100.0 * p["chunk_step"] / p["chunk_steps"])
+            logger.info("%s (every step: %s)", line, cfg.root / STEP_LOG)
 
     try:
         result = run_chunk(cfg, train_file, steps=steps, on_progress=on_progress, sha256=sha256)
@@ -128,3 +137,20 @@ def generate_curriculum_file(cfg, count: int | None = None) -> str:
     line = steps.generate_for_curriculum(cfg, count)
     get_run_logger().info(line)
     return line
+
+
+@task(**OPTS)
+def maintenance(cfg, apply: bool) -> dict:
+    """Retention: plan, apply when asked; the usage and what went (or would go) as an artifact."""
+    from dojo import maintenance as retention
+
+    todo = retention.plan(cfg)
+    if apply:
+        todo.removals = retention.apply(cfg, todo)
+    create_markdown_artifact(key="storage-maintenance", markdown=todo.markdown(applied=apply))
+    create_table_artifact(key="storage-usage", table=[{"folder": k, "bytes": v, "size": retention.human(v)}
+                                                      for k, v in sorted(todo.usage.items())],
+                          description=f"Storage per folder under {cfg.root}")
+    get_run_logger().info("%s", todo.format(applied=apply).split("\n", 1)[0])
+    return {"applied": apply, "removed": len(todo.removals), "freed_bytes": todo.freed,
+            "usage_bytes": sum(todo.usage.values())}
