@@ -1,7 +1,9 @@
 """Training throughput, MFU and peak memory: dojo's training configuration vs plain Hugging Face, same run.
 
     python benchmarks/train_throughput.py --model qwen3-0.6b|qwen3-4b|tiny --seq 2048 [--seq 4096] \\
-        --steps N --warmup W [--micro-batch B] [--peak-tflops T] [--out docs/benchmarks.md]
+        --steps N --warmup W [--micro-batch B] [--peak-tflops T] [--out docs/benchmarks.md] [--json FILE] \\
+        [--attn auto|sdpa|flex_attention] [--optimizer adamw|paged_adamw_8bit] [--checkpointing auto|on|off] \\
+        [--compile] [--liger auto|on|off]
 
 Models are random-initialised from a ``transformers.Qwen3Config`` (no download): ``qwen3-0.6b`` and ``qwen3-4b``
 use the published sizes (``model/vram.py``'s ``KNOWN_CONFIGS``), ``tiny`` the built-in tiny model's config
@@ -9,11 +11,14 @@ use the published sizes (``model/vram.py``'s ``KNOWN_CONFIGS``), ``tiny`` the bu
 both configurations, each in its own subprocess (``--only dojo|baseline``, one JSON line on stdout): Liger
 patches transformers' Qwen3 classes globally, and a fresh process gives each configuration its own peak memory.
 
-- **dojo**: bf16 weights on CUDA (float32 on CPU); flash_attention_2 when ``flash_attn`` imports, else sdpa;
-  Liger (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy) on CUDA when installed; bitsandbytes paged 8-bit
-  AdamW on CUDA (torch AdamW on CPU, where bitsandbytes' paged optimizer cannot run); non-reentrant gradient
-  checkpointing; packed rows (best-fit-decreasing, ``model.packing.pack``/``collate``, per-example position ids,
-  no attention mask); loss from ``model.train.loss_sum(..., fused=liger)``, token-weighted mean over the step.
+- **dojo**: the training step ``dojo train`` runs, ``model.train.train_step``, with its set-up
+  (``prepare_model_for_training``, ``model.optimizers.build``, ``make_schedulers``, ``make_accelerator``) and
+  its data path (``make_step_batch`` in the ``prefetch`` thread: rows collated, pinned on CUDA, copied
+  ``non_blocking``); dojo's defaults unless ``--attn/--optimizer/--checkpointing/--compile/--liger`` say otherwise:
+  bf16 on CUDA (float32 on CPU); attention ``auto`` (``model.loading.pick_runtime``); Liger on CUDA when
+  installed; AdamW (fused on CUDA); gradient checkpointing ``auto`` (``model.vram.choose_checkpointing``: off on
+  CPU, on CUDA by the VRAM estimate); packed rows (best-fit-decreasing, per-example position ids, no attention
+  mask), token-weighted mean loss over the step.
 - **baseline** ("plain HF"): same dtype; sdpa; no Liger; ``torch.optim.AdamW(fused=False)``; no checkpointing;
   the same examples, one per row, padded to the longest in the batch, 2-D ``attention_mask``, labels -100 on
   padding; HF's own loss (``model(..., labels=...)``); batches cut so each step holds as many real tokens as
@@ -38,8 +43,9 @@ FLOPs per real (non-pad) token (PaLM's convention, Chowdhery et al. 2022, append
   tokens (sum l*s_eff / sum l). Causal masking is not halved (PaLM's convention).
 
 MFU ("model FLOPs utilization") = model FLOPs/s / peak FLOP/s, without counting the forward pass that gradient
-checkpointing recomputes. HFU ("hardware FLOPs utilization") counts it: x 4/3 for dojo (every decoder layer is
-checkpointed, so its whole forward runs twice), x 1 for the baseline. Peak FLOP/s: ``--peak-tflops``, else by GPU
+checkpointing recomputes. HFU ("hardware FLOPs utilization") counts it: x 4/3 where checkpointing is on (every
+decoder layer is checkpointed, so its whole forward runs twice), x 1 otherwise (the baseline never checkpoints).
+Peak FLOP/s: ``--peak-tflops``, else by GPU
 name (dense bf16: H100 SXM / H200 989, H100 NVL 835, H100 PCIe 756, A100 312, RTX 4090 165, RTX 3090 71); on CPU
 MFU is n/a.
 
@@ -76,6 +82,15 @@ LR = 1e-5
 MAX_GRAD_NORM = 1.0
 RESULT_PREFIX = "RESULT "
 
+# dojo's defaults (dojo.yaml / dojo.config): what `dojo train` runs unless configured otherwise. --attn, --optimizer,
+# --checkpointing, --compile and --liger change the dojo column only.
+DOJO_DEFAULTS = {"attn": "auto", "optimizer": "adamw", "checkpointing": "auto", "compile": False, "liger": "auto"}
+
+# Qwen3-0.6B's real config.json (no weights), kept beside the checkout like the tests' tokenizer.
+REAL_QWEN3_DIR = (os.environ.get("DOJO_QWEN3_TOKENIZER")
+                  or Path(__file__).resolve().parents[2] / "shared" / "qwen3-tokenizer")
+REAL_QWEN3_CONFIG = Path(REAL_QWEN3_DIR) / "config.json"
+
 MODELS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-4b": "Qwen/Qwen3-4B", "tiny": "tiny"}
 
 # Dense bf16 tensor-core peak, TFLOP/s, matched as a substring of the GPU name (most specific first).
@@ -94,7 +109,14 @@ def model_config(name: str):
         return AutoConfig.from_pretrained(str(TINY_MODEL_DIR))
     key = MODELS[name]
     from model.vram import KNOWN_CONFIGS
-    config = Qwen3Config(**KNOWN_CONFIGS[key])
+
+    real = REAL_QWEN3_CONFIG if REAL_QWEN3_CONFIG.is_file() else None
+    if real:   # Qwen3-0.6B's own config.json; 4B = the same file with the 4B architecture numbers
+        values = json.loads(real.read_text(encoding="utf-8"))
+        values = {k: v for k, v in values.items() if k not in ("architectures", "transformers_version", "torch_dtype")}
+        config = Qwen3Config(**(values | KNOWN_CONFIGS[key]))
+    else:      # the published numbers (model/vram.py), when ../shared is not beside the checkout
+        config = Qwen3Config(**KNOWN_CONFIGS[key])
     config.name_or_path = key
     return config
 
@@ -218,6 +240,8 @@ class GpuMemoryProbe:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    kind = "NVML used - before model"
+
     def _used(self) -> int:
         return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
 
@@ -236,6 +260,23 @@ class GpuMemoryProbe:
         return self.peak - self.before
 
 
+class CudaMemoryProbe(GpuMemoryProbe):
+    """Without pynvml (nvidia-ml-py): the same device-wide reading from CUDA (total - free, cudaMemGetInfo)."""
+    kind = "CUDA total - free (no pynvml) - before model"
+
+    def __init__(self, interval: float = 0.05):
+        import torch
+
+        self._torch, self.interval = torch, interval
+        self.before = self.peak = self._used()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _used(self) -> int:
+        free, total = self._torch.cuda.mem_get_info()
+        return int(total - free)
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -250,16 +291,17 @@ def vram_estimate(config, seq: int, micro_batch: int, **kwargs) -> dict | None:
         est = estimate(config, seq, micro_batch, **kwargs)
     except Exception as exc:   # an estimate is a side note; never fail the benchmark on it
         return {"error": str(exc)}
-    return {"resident": est.resident_bytes, "total": est.total_bytes}
+    return {"resident": est.resident_bytes, "total": est.total_bytes, "breakdown": est.breakdown,
+            "paged": est.paged_bytes}
 
 
 # ---------------------------------------------------------------- one configuration (the subprocess)
 def run_configuration(which: str, model_name: str, seq: int, steps: int, warmup: int, micro_batch: int,
-                      threads: int | None = None) -> dict:
+                      threads: int | None = None, options: dict | None = None) -> dict:
+    """One configuration in this process. ``options`` (dojo only): attn, optimizer, checkpointing, compile, liger."""
+    options = dict(DOJO_DEFAULTS, **(options or {}))
     probe = None
     try:   # read the GPU's memory before torch touches CUDA
-        import pynvml  # noqa: F401
-
         probe = GpuMemoryProbe()
     except Exception:
         probe = None
@@ -270,30 +312,38 @@ def run_configuration(which: str, model_name: str, seq: int, steps: int, warmup:
     cuda = torch.cuda.is_available()
     if not cuda:
         probe = None
+    elif probe is None:
+        probe = CudaMemoryProbe()
     device = "cuda" if cuda else "cpu"
 
     from transformers import AutoModelForCausalLM
 
-    from model.loading import apply_liger, pick_liger, pick_runtime
-    from model.train import loss_sum
+    from model.loading import apply_liger, pick_runtime
 
     dojo = which == "dojo"
-    runtime = pick_runtime("auto", "auto" if dojo else "sdpa", "auto" if dojo else "off")
+    runtime = pick_runtime("auto", options["attn"] if dojo else "sdpa", options["liger"] if dojo else "off")
     dtype = getattr(torch, runtime.dtype)
-    liger = dojo and pick_liger("auto", device)
-    optimizer_name = ("paged_adamw_8bit" if cuda else "adamw") if dojo else "torch AdamW (fused=False)"
+    liger = runtime.liger
+    optimizer_name = options["optimizer"] if dojo else "torch AdamW (fused=False)"
     config = model_config(model_name)
     work = plan(seq, micro_batch, warmup + steps, config.vocab_size)
     steps_data = work[which]
     pad_id = getattr(config, "pad_token_id", None) or 0
+    checkpointing, checkpointing_why = False, "baseline: off"
+    if dojo:
+        from model import vram
+
+        setting = {"auto": "auto", "on": True, "off": False}[options["checkpointing"]]
+        gpu_bytes = (vram.detect_gpu_bytes() or torch.cuda.get_device_properties(0).total_memory) if cuda else None
+        try:
+            checkpointing, checkpointing_why = vram.choose_checkpointing(
+                setting, device, config, seq, micro_batch, optimizer_name, gpu_bytes=gpu_bytes, dtype=runtime.dtype,
+                liger=liger, attention=runtime.attn_implementation)
+        except ValueError as exc:
+            checkpointing, checkpointing_why = setting is not False, f"no estimate ({exc})"
 
     if liger:
         apply_liger()
-    if dojo:
-        import dataclasses
-
-        from dojo.config import TrainConfig
-        from model.optimizers import build
     if probe:
         probe.start()
     rss_before = rss_bytes()
@@ -301,21 +351,27 @@ def run_configuration(which: str, model_name: str, seq: int, steps: int, warmup:
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=runtime.attn_implementation)
     model = model.to(device)
-    model.config.use_cache = False
-    if dojo:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    if dojo:
-        optimizers, _ = build(model, dataclasses.replace(TrainConfig(), optimizer=optimizer_name, learning_rate=LR),
-                              device)
+    if dojo:   # dojo's own training step, set-up and data path (model/train.py), as `dojo train` runs them
+        import dataclasses
+
+        from dojo.config import TrainConfig
+        from model.optimizers import build
+        from model.train import (make_accelerator, make_schedulers, make_step_batch, prefetch,
+                                 prepare_model_for_training, train_step)
+
+        model = prepare_model_for_training(model, checkpointing, options["compile"])
+        train_cfg = dataclasses.replace(TrainConfig(), optimizer=optimizer_name, learning_rate=LR, warmup_steps=0,
+                                        max_grad_norm=MAX_GRAD_NORM, micro_batch_size=micro_batch)
+        optimizers, _ = build(model, train_cfg, device)
+        schedulers = make_schedulers(optimizers, train_cfg)
+        accelerator = make_accelerator(runtime)
+        model, *optimizers = accelerator.prepare(model, *optimizers)
+        width = seq if runtime.attn_implementation == "flex_attention" else None
+        batches = prefetch(lambda rows: make_step_batch(rows, micro_batch, pad_id, width, pin=cuda), steps_data)
     else:
+        model.config.use_cache = False
+        model.train()
         optimizers = [torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.98), fused=False)]
-
-    if dojo:
-        from model.packing import collate
-
-        batches = [collate(rows, pad_id) for rows in steps_data]
-    else:
         batches = [padded_batch(exs, pad_id) for exs in steps_data]
     work_per_step = [step_work(which, s) for s in steps_data]
 
@@ -325,8 +381,9 @@ def run_configuration(which: str, model_name: str, seq: int, steps: int, warmup:
 
     result = {"configuration": which, "model": model_name, "seq": seq, "device": device,
               "gpu": torch.cuda.get_device_name() if cuda else None, "dtype": runtime.dtype,
-              "attention": runtime.attn_implementation, "liger": liger,
-              "optimizer": optimizer_name, "gradient_checkpointing": dojo, "micro_batch": micro_batch,
+              "attention": runtime.attn_implementation, "liger": liger, "compile": dojo and options["compile"],
+              "optimizer": optimizer_name, "gradient_checkpointing": checkpointing,
+              "checkpointing_why": checkpointing_why, "micro_batch": micro_batch,
               "params": sum(p.numel() for p in model.parameters()), "matmul_params": matmul_params(config),
               "attention_width": attention_width(config), "layers": config.num_hidden_layers,
               "fill": work["fill"], "threads": torch.get_num_threads(), "oom": False}
@@ -341,19 +398,19 @@ def run_configuration(which: str, model_name: str, seq: int, steps: int, warmup:
             if i == warmup:
                 sync()
                 start = time.perf_counter()
-            batch = {k: v.to(device) for k, v in batch.items()}
             if dojo:
-                s, n = loss_sum(model, batch, fused=liger)
-                step_loss = s / max(1, n)
+                step_loss = train_step(model, batch, optimizers, schedulers, accelerator, fused=liger,
+                                       max_grad_norm=MAX_GRAD_NORM) / max(1, batch.tokens)
             else:
+                batch = {k: v.to(device) for k, v in batch.items()}
                 step_loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   labels=batch["labels"], use_cache=False).loss
-            step_loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            for o in optimizers:
-                o.step()
-                o.zero_grad(set_to_none=True)
-            if i == len(batches) - 1:
+                step_loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+                for o in optimizers:
+                    o.step()
+                    o.zero_grad(set_to_none=True)
+            if i == len(steps_data) - 1:
                 loss = float(step_loss.detach())
         sync()
         seconds = time.perf_counter() - start
@@ -368,11 +425,11 @@ def run_configuration(which: str, model_name: str, seq: int, steps: int, warmup:
                    + 12 * config.num_hidden_layers * attention_width(config) * attn_ctx)
     result.update(seconds=seconds, timed_steps=len(timed), real_tokens=tokens, tokens_per_step=tokens / len(timed),
                   attn_seq=attn_ctx / tokens, model_flops=model_flops,
-                  hardware_flops=model_flops * (4 / 3 if dojo else 1), loss=loss,
+                  hardware_flops=model_flops * (4 / 3 if checkpointing else 1), loss=loss,
                   tokens_per_s=tokens / seconds if seconds else None)
     if probe:
         result["peak_bytes"] = probe.stop()
-        result["peak_kind"] = "NVML used - before model"
+        result["peak_kind"] = probe.kind
         result["torch_max_allocated"] = torch.cuda.max_memory_allocated()
     else:
         import resource
@@ -385,9 +442,10 @@ def run_configuration(which: str, model_name: str, seq: int, steps: int, warmup:
     else:   # the biggest padded batch
         b = max(batches, key=lambda b: b["input_ids"].numel())
         est_shape = (b["input_ids"].shape[1], b["input_ids"].shape[0])
+    est_optimizer = optimizer_name if dojo else "adamw"
     result["vram_estimate"] = vram_estimate(
-        config, est_shape[0], est_shape[1], optimizer="paged_adamw_8bit" if (dojo and cuda) else "adamw",
-        dtype=runtime.dtype, gradient_checkpointing=dojo, liger=liger, attention=runtime.attn_implementation)
+        config, est_shape[0], est_shape[1], optimizer=est_optimizer, dtype=runtime.dtype,
+        gradient_checkpointing=checkpointing, liger=liger, attention=runtime.attn_implementation)
     result["vram_shape"] = est_shape
     return result
 
@@ -398,6 +456,8 @@ def run_child(which: str, model_name: str, seq: int, args) -> dict:
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    cmd += ["--attn", args.attn, "--optimizer", args.optimizer, "--checkpointing", args.checkpointing,
+            "--liger", args.liger] + (["--compile"] if args.compile else [])
     print(f"running {which} {model_name} seq {seq} ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(proc.stdout.splitlines()):
@@ -429,8 +489,10 @@ def table(results: list[dict], args, peak: float | None, gpu: str | None) -> str
     mb = f" --micro-batch {args.micro_batch}" if args.micro_batch != 1 else ""
     pk = f" --peak-tflops {args.peak_tflops:g}" if args.peak_tflops else ""
     th = f" --threads {args.threads}" if args.threads else ""
+    opts = "".join(f" --{k} {v}" for k, v in dojo_options(args).items() if k != "compile" and v != DOJO_DEFAULTS[k])
+    opts += " --compile" if args.compile else ""
     command = (f"python benchmarks/train_throughput.py {models} {seqs} --steps {args.steps} --warmup {args.warmup}"
-               f"{mb}{pk}{th}")
+               f"{mb}{pk}{th}{opts}")
     dojo = next((r for r in ok if r["configuration"] == "dojo"), {})
     base = next((r for r in ok if r["configuration"] == "baseline"), {})
     machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, " +
@@ -443,18 +505,22 @@ def table(results: list[dict], args, peak: float | None, gpu: str | None) -> str
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine}; torch {torch.__version__}, transformers {transformers.__version__}  ",
-        f"dojo: {dojo.get('dtype', '?')}, {dojo.get('attention', '?')}, Liger {'on' if dojo.get('liger') else 'off'}, "
-        f"{dojo.get('optimizer', '?')}{'' if cuda else ' (CPU: no paged 8-bit AdamW)'}, non-reentrant gradient "
-        f"checkpointing, {args.micro_batch} packed BFD row(s) of ≤seq per step, per-example position ids, "
-        f"`loss_sum(fused={bool(dojo.get('liger'))})`  ",
+        f"dojo: `model.train.train_step` (the step `dojo train` runs: accelerate, LR scheduler, token-weighted "
+        f"loss, clipping, rows collated (and pinned on CUDA) by the prefetch thread, no read-back in the step); "
+        f"{dojo.get('dtype', '?')}, {dojo.get('attention', '?')}, Liger {'on' if dojo.get('liger') else 'off'}, "
+        f"{dojo.get('optimizer', '?')}{' (fused)' if cuda and dojo.get('optimizer') == 'adamw' else ''}, "
+        f"gradient checkpointing {dojo.get('checkpointing_why', '?')}, "
+        f"compile {'on (decoder layers)' if dojo.get('compile') else 'off'}, "
+        f"{args.micro_batch} packed BFD row(s) of ≤seq per step, per-example position ids  ",
         f"baseline: {base.get('dtype', '?')}, sdpa, no Liger, torch AdamW (fused=False), no checkpointing, one example "
         f"per row padded to the longest, 2-D attention mask, HF loss; same real tokens per step as dojo's average  ",
         f"Data: random token ids, example lengths uniform 64..seq/2, first quarter of each example masked; "
         f"{args.warmup} warm-up + {args.steps} timed steps; gradient clipping 1.0 in both  ",
         "FLOPs per real token = 6·N + 12·n_layers·A·s_eff (N = decoder matmul params + lm_head, "
         "A = heads·head_dim, s_eff = own example length when packed, padded width when padded); MFU counts "
-        "model FLOPs (no recompute), HFU adds dojo's checkpoint recompute (×4/3)  ",
-        ("Peak memory: NVML `used` sampled every 50 ms minus the reading before the model (includes CUDA context and "
+        "model FLOPs (no recompute), HFU adds the checkpoint recompute (×4/3) where checkpointing is on; "
+        "MFU = model FLOPs / seconds / peak dense bf16 FLOP/s  ",
+        (f"Peak memory: {dojo.get('peak_kind', 'NVML used')}, sampled every 50 ms (includes CUDA context and "
          "paged optimizer state while on the GPU); torch max_memory_allocated for comparison" if cuda else
          "Peak memory: peak RSS of the configuration's process minus its RSS before the model (CPU; torch's "
          "max_memory_allocated is CUDA-only)") +
@@ -501,6 +567,11 @@ def table(results: list[dict], args, peak: float | None, gpu: str | None) -> str
     return "\n".join(lines) + "\n"
 
 
+def dojo_options(args) -> dict:
+    return {"attn": args.attn, "optimizer": args.optimizer, "checkpointing": args.checkpointing,
+            "compile": args.compile, "liger": args.liger}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", choices=sorted(MODELS), required=True,
@@ -511,6 +582,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=1, help="dojo: packed rows per step")
     parser.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s (default: by GPU name)")
     parser.add_argument("--threads", type=int, help="torch CPU threads in each configuration (default: torch's)")
+    parser.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flex_attention", "flash_attention_2"],
+                        help="dojo column: model.attn_implementation")
+    parser.add_argument("--optimizer", default="adamw", choices=["adamw", "paged_adamw_8bit", "muon"],
+                        help="dojo column: train.optimizer")
+    parser.add_argument("--checkpointing", default="auto", choices=["auto", "on", "off"],
+                        help="dojo column: model.gradient_checkpointing")
+    parser.add_argument("--compile", action="store_true", help="dojo column: model.compile (regional)")
+    parser.add_argument("--liger", default="auto", choices=["auto", "on", "off"], help="dojo column: model.liger")
+    parser.add_argument("--skip-baseline", action="store_true", help="run the dojo column only (option sweeps)")
+    parser.add_argument("--json", help="also write every configuration's result as JSON lines to this file")
     parser.add_argument("--out", help="append the result table to this markdown file")
     parser.add_argument("--only", choices=CONFIGURATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -520,15 +601,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.only:
         result = run_configuration(args.only, args.model[0], args.seq[0], args.steps, args.warmup,
-                                   args.micro_batch, args.threads)
+                                   args.micro_batch, args.threads, dojo_options(args))
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
 
-    results = [run_child(which, m, s, args) for m in args.model for s in args.seq for which in CONFIGURATIONS]
+    which_ones = ("dojo",) if args.skip_baseline else CONFIGURATIONS
+    results = [run_child(which, m, s, args) for m in args.model for s in args.seq for which in which_ones]
     gpu = next((r["gpu"] for r in results if r.get("gpu")), None)
     peak = args.peak_tflops or peak_tflops_for(gpu)
     text = table(results, args, peak, gpu)
     print(text)
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as f:
+            for r in results:
+                f.write(json.dumps(dict(r, peak_tflops=peak, options=dojo_options(args))) + "\n")
     if args.out:
         with open(args.out, "a", encoding="utf-8") as f:
             f.write("\n" + text)

@@ -1,5 +1,6 @@
 """The local stack in one command: a Prefect server (SQLite under the storage root), both work pools, a worker
-per pool (``--limit 1``), the deployments from prefect.yaml, the zombie-run automation, then a run of
+per pool (``--limit 1``), the deployments from prefect.yaml, the zombie-run automation, with ``serve.enabled`` the
+Oracle (``dojo serve``, stopped by ``dojo down`` like the rest, its URL in ``dojo status``), then a run of
 train/continuous.
 
     dojo up [--no-run]      start everything that is not running yet; print the UI address
@@ -392,6 +393,29 @@ def zombie_automation(cfg) -> dict:
     }
 
 
+def start_oracle(cfg, env: dict, data: dict, wait: float = 120.0, log=print) -> str:
+    """Start ``dojo serve`` (the Oracle, serve.host:serve.port) as this home's ``oracle`` process and wait until
+    ``/health`` answers. The API key is made here, in the foreground, so ``dojo up`` prints a new one once (never
+    into a log file). Returns the page's URL."""
+    from dojo import oracle
+    from dojo.oracle import auth
+
+    key = auth.server_key(cfg.root, cfg.serve.host)      # a public bind without a key is refused here
+    if key.created:
+        log(f"created the Oracle's API key (shown once; stored in {key.source}, mode 0600):\n  {key.value}")
+    pid = _spawn(cfg, "oracle", [sys.executable, "-m", "dojo.cli", "serve", "--host", cfg.serve.host,
+                                 "--port", str(cfg.serve.port)], env, data)
+    url = oracle.url(cfg)
+    deadline = time.monotonic() + wait
+    while (answer := _get(url + "health", 2.0)) is None or answer[0] != 200:
+        if not alive(pid) or time.monotonic() > deadline:
+            raise RuntimeError(f"the Oracle did not come up on {url} (is port {cfg.serve.port} taken? set "
+                               f"serve.port); see {data['processes']['oracle']['log']}")
+        time.sleep(0.5)
+    log(f"oracle: {url} (API key from {key.source})")
+    return url
+
+
 def up(cfg, config_path: str | None = None, run: bool = True, wait: float = 120.0, log=print) -> dict:
     """Bring this home's stack up (idempotent: its running pieces are kept). Returns the stack record."""
     data = _load(cfg)
@@ -438,6 +462,8 @@ def up(cfg, config_path: str | None = None, run: bool = True, wait: float = 120.
         auto.write_text(json.dumps(spec, indent=2))
         _prefect(env, "automation", "create", "--from-file", str(auto))
     log(f"automation {spec['name']}: crash after {p.zombie_window_seconds}s without a heartbeat")
+    if cfg.serve.enabled:
+        data["oracle_url"] = start_oracle(cfg, env, data, wait, log)
     if run:
         done = _prefect(env, "deployment", "run", "train/continuous")
         log(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "started train/continuous")
@@ -525,6 +551,9 @@ def status(cfg, log=print) -> dict:
                     + (f" ({r.work_pool_name})" if r.work_pool_name else ""))
     out["queue"] = queue.depth(cfg)
     log("queue: " + ", ".join(f"{k} {v}" for k, v in out["queue"].items()))
+    from dojo import mirror
+
+    mirror.refresh(cfg, ["state/curriculum.json", *promotion.POINTERS], "")    # a URL root: the store's state
     state = curriculum.load(cfg.root, list(cfg.curriculum.skills))
     for skill, s in state["skills"].items():
         log(f"curriculum {skill}: mastered level {s['level']}, training level "
@@ -532,10 +561,17 @@ def status(cfg, log=print) -> dict:
     promoted = promotion.current(cfg.root)
     out["promoted"] = promoted["checkpoint"] if promoted else None
     log(f"promoted: {out['promoted'] or 'none yet'}" + (f" ({promoted['reason']})" if promoted else ""))
+    if cfg.serve.enabled or "oracle" in data["processes"]:
+        from dojo import oracle
+
+        out["oracle"] = oracle.url(cfg)
+        answer = _get(out["oracle"] + "health", 2.0)
+        log(f"oracle: {out['oracle']} ({'answering' if answer and answer[0] == 200 else 'not answering'}; "
+            f"API key in $DOJO_API_KEY or {Path(cfg.root) / 'state' / 'serve.key'})")
     from dojo.maintenance import human
     from dojo.storage import usage
 
-    out["usage"] = usage(cfg.root)
-    log(f"storage {cfg.root}: {human(sum(out['usage'].values()))} — "
+    out["usage"] = mirror.usage(cfg) if cfg.remote else usage(cfg.root)
+    log(f"storage {cfg.remote or cfg.root}: {human(sum(out['usage'].values()))} — "
         + ", ".join(f"{folder} {human(n)}" for folder, n in sorted(out["usage"].items(), key=lambda kv: -kv[1])))
     return out

@@ -195,7 +195,7 @@ def cmd_promote(cfg, args) -> int:
     path = resolve_checkpoint(cfg, args.checkpoint)        # verified (manifest, hashes) before it is pointed at
     if path.parent.resolve() != (cfg.root / "checkpoints").resolve():
         raise ValueError(f"{path}: only a checkpoint under {cfg.root / 'checkpoints'} can be promoted")
-    decision = promote_by_hand(cfg.root, path, args.reason)
+    decision = promote_by_hand(cfg, path, args.reason)
     print(f"promoted {decision.candidate} (was {decision.previous or 'none'}): {decision.reason}")
     return 0
 
@@ -211,7 +211,7 @@ def cmd_demo(cfg, args) -> int:
     print(f"data: {data}")
     spent, accuracy = 0.0, 0.0
     while spent < args.minutes * 60 and accuracy < args.target:
-        result = train_chunk(cfg, data, steps=args.chunk_steps)
+        result = train_chunk(cfg, data, steps=args.chunk_steps or cfg.pipeline.steps_per_chunk or None)
         spent += result.seconds
         report = evaluate(cfg, result.checkpoint, "bin", [1])
         accuracy = report["skills"]["bin"]["levels"]["1"]["accuracy"]
@@ -282,10 +282,17 @@ def cmd_vram(cfg, args) -> int:
     config = vram.load_config(args.model or cfg.model.name_or_path)
     gpu_bytes, label = vram.parse_gpu(args.gpu) if args.gpu else (vram.detect_gpu_bytes(), "the detected GPU")
     # flags override; otherwise the configured run is what gets sized
-    est = vram.estimate(config, args.max_length or cfg.data.max_length, args.micro_batch or cfg.train.micro_batch_size,
-                        args.optimizer or cfg.train.optimizer, dtype=args.dtype, lora=args.lora or cfg.model.lora,
-                        lora_rank=args.lora_rank, liger=args.liger or cfg.model.liger == "on",
-                        gradient_checkpointing=not args.no_checkpointing and cfg.model.gradient_checkpointing)
+    shape = (config, args.max_length or cfg.data.max_length, args.micro_batch or cfg.train.micro_batch_size,
+             args.optimizer or cfg.train.optimizer)
+    kwargs = dict(dtype=args.dtype, lora=args.lora or cfg.model.lora, lora_rank=args.lora_rank,
+                  liger=args.liger or cfg.model.liger == "on")
+    setting = False if args.no_checkpointing else cfg.model.gradient_checkpointing
+    if setting == "auto" and gpu_bytes is None:   # what training would do on an unknown GPU
+        checkpointing, why = True, "auto: on (no GPU given or detected)"
+    else:
+        checkpointing, why = vram.choose_checkpointing(setting, "cuda", *shape, gpu_bytes=gpu_bytes, **kwargs)
+    est = vram.estimate(*shape, gradient_checkpointing=checkpointing, **kwargs)
+    print(f"gradient checkpointing {why}")
     print(est.format(gpu_bytes, label if gpu_bytes is not None else None))
     return 0 if gpu_bytes is None or est.fits(gpu_bytes) else 1
 
@@ -374,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="BIN level 1 end to end on the configured (tiny) model", parents=[common])
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--chunk-steps", type=int, default=200)
+    p.add_argument("--chunk-steps", type=int, help="optimizer steps per chunk (default: pipeline.steps_per_chunk)")
     p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     p.add_argument("--target", type=float, default=0.8)
     p.set_defaults(func=cmd_demo)

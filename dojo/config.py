@@ -46,9 +46,24 @@ def doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MISS
     return field(default=default, metadata={"doc": text})
 
 
+URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+def is_url(root: str) -> bool:
+    """Whether a storage root is an fsspec URL (``s3://bucket/prefix``) rather than a local folder."""
+    return bool(URL_RE.match(root))
+
+
 @dataclass(frozen=True)
 class StorageConfig:
-    root: str = doc("storage root: a local folder (relative paths resolve against the config file)", "dojo-home")
+    root: str = doc("storage root: a local folder (relative paths resolve against the config file), or an fsspec "
+                    "URL such as s3://bucket/prefix (docs/operations.md, S3)", "dojo-home")
+    options: dict = doc("fsspec options for a URL root, passed as they are (s3fs: endpoint_url, key, secret, "
+                        "client_kwargs, …); left empty, endpoint, region and credentials come from the standard "
+                        "AWS environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE, …)",
+                        default_factory=dict)
+    cache: str = doc("local working copy of a URL root: checkpoints being trained or evaluated, the tokenized "
+                     "cache, logs (empty = ~/.cache/dojo/<hash of the root URL>)", "")
     umask: str = doc("umask (octal) for everything dojo writes under the root; 077 keeps data, checkpoints and "
                      "reasons private to you, 007 shares them with your group", "077")
 
@@ -62,9 +77,14 @@ class ModelConfig:
         "pretrained")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
         "weights/compute dtype; auto = bfloat16 on CUDA with bf16 support, else float32", "auto")
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = doc(
-        "attention kernel; auto = flash_attention_2 when importable on CUDA, else sdpa", "auto")
-    gradient_checkpointing: bool = doc("recompute activations in backward to save memory", True)
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = doc(
+        "attention kernel; auto = flash_attention_2 when importable on CUDA, else sdpa (docs/model-options.md); "
+        "flex_attention = a document mask from the position ids (CUDA for training)", "auto")
+    gradient_checkpointing: bool | Literal["auto"] = doc(
+        "recompute activations in backward to save memory; auto = off on CPU, and on CUDA off when the VRAM "
+        "estimate without it fits the GPU with 20% to spare, else on", "auto")
+    compile: bool = doc("torch.compile each decoder layer (regional compilation; pays a compile at start-up)",
+                        False)
     trust_remote_code: bool = doc("allow model code from the model directory/hub (off unless you trust it)", False)
     liger: Literal["auto", "on", "off"] = doc(
         "Liger Triton kernels (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy); auto = on with CUDA", "auto")
@@ -115,6 +135,8 @@ class TrainConfig:
     epochs: float = doc("passes over the file when --steps is not given", 1.0)
     log_every: int = doc("log loss every N optimizer steps", 10)
     save_optimizer: bool = doc("store optimizer/scheduler/RNG state in the checkpoint for exact resume", True)
+    cpu_threads: int = doc("torch threads when training or evaluating on CPU (0 = torch's default, one per core); "
+                           "1 when a training and an evaluation process share a small CPU", 0)
     report_to: str = doc("experiment trackers through accelerate, comma-separated: none, or any of "
                          "tensorboard, wandb, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio (one run per "
                          "lineage; logs under {root}/trackers)", "none")
@@ -256,12 +278,22 @@ class Config:
                                      default_factory=RetentionConfig)
 
     @property
+    def remote(self) -> str | None:
+        """The storage root's URL when it is an object store (``s3://bucket/prefix``), else None."""
+        return self.storage.root if is_url(self.storage.root) else None
+
+    @property
     def root(self) -> Path:
-        return Path(self.storage.root)
+        """The local folder dojo reads and writes: the storage root itself, or a URL root's working copy."""
+        return Path(self.storage.cache) if self.remote else Path(self.storage.root)
 
     def to_dict(self) -> dict:
-        """Plain JSON/YAML-ready data (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Plain JSON/YAML-ready data (tuples become lists). Secrets in ``storage.options`` (any key naming a
+        secret, password, token or key) are shown as ``***``: this is what ledgers record and `config show`
+        prints."""
+        data = json.loads(json.dumps(dataclasses.asdict(self)))
+        data["storage"]["options"] = _redacted(data["storage"]["options"])
+        return data
 
 
 # ---------------------------------------------------------------- value rules (beyond types)
@@ -289,6 +321,7 @@ def _check_values(cfg: Config) -> None:
         ("train.max_grad_norm", cfg.train.max_grad_norm >= 0.0, "a number >= 0"),
         ("train.epochs", cfg.train.epochs > 0.0, "a number > 0"),
         ("train.log_every", cfg.train.log_every >= 1, "an integer >= 1"),
+        ("train.cpu_threads", cfg.train.cpu_threads >= 0, "an integer >= 0"),
         ("masking.min_masked_ratio", 0.0 <= cfg.masking.min_masked_ratio <= 1.0, "a number in [0, 1]"),
         ("masking.max_masked_ratio", cfg.masking.min_masked_ratio <= cfg.masking.max_masked_ratio <= 1.0,
          "a number in [masking.min_masked_ratio, 1]"),
@@ -380,7 +413,15 @@ def _coerce(value, tp, key: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key)
+        wanted = []
+        for arg in args:   # the first type that takes the value (bool | Literal["auto"]: true, false or auto)
+            try:
+                return _coerce(value, arg, key)
+            except ValueError as exc:
+                wanted.append(str(exc).rpartition("; use ")[2])
+        raise ValueError(f"config {key}: {_show(value)} is not allowed; use {', or '.join(wanted)}")
+    if tp is dict:
+        return _mapping(value, key)
     if dataclasses.is_dataclass(tp):
         if value is None:   # an empty section (only comments under it) means its defaults
             value = {}
@@ -418,6 +459,38 @@ def _coerce(value, tp, key: str):
     raise AssertionError(f"unsupported config annotation {tp} at {key}")
 
 
+SECRET_RE = re.compile(r"secret|passw|token|key|credential", re.I)
+
+
+def _redacted(options):
+    if isinstance(options, dict):
+        return {k: "***" if SECRET_RE.search(k) and not isinstance(v, dict) else _redacted(v)
+                for k, v in options.items()}
+    return options
+
+
+def _mapping(value, key: str, depth: int = 0) -> dict:
+    """A free-form mapping (storage.options): string keys; strings, numbers, booleans, lists and mappings of
+    them as values, at most 4 levels deep."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or depth > 4:
+        raise ValueError(f"config {key}: {_show(value)} is not allowed; use a mapping (at most 4 levels deep)")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise ValueError(f"config {key}: the key {_show(k)} is not allowed; use string keys")
+        if isinstance(v, dict):
+            v = _mapping(v, f"{key}.{k}", depth + 1)
+        elif isinstance(v, list):
+            if not all(isinstance(x, (str, int, float, bool)) for x in v):
+                raise ValueError(f"config {key}.{k}: {_show(v)} is not allowed; use a list of plain values")
+        elif not isinstance(v, (str, int, float, bool)) or isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"config {key}.{k}: {_show(v)} is not allowed; use a string, number or boolean")
+        out[k] = v
+    return out
+
+
 def _build(cls, data: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -452,6 +525,33 @@ def _check_root(root: Path, key: str) -> None:
         refuse("dojo cannot write there (read-only or no permission); use a writable directory")
 
 
+def _url_root(storage: StorageConfig, url: str, key: str, base_dir: Path | None) -> StorageConfig:
+    """A URL storage root checked for shape (scheme, bucket, no credentials in it), its trailing '/' dropped,
+    and its local working copy (``storage.cache``) resolved and checked like a local root."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ValueError(f"{key}: {parts.scheme}://***@{parts.netloc.rsplit('@', 1)[1]}… is not allowed: credentials "
+                         f"belong in the environment or storage.options, never in the URL")
+    if not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"{key}: {_show(url)} is not allowed; use scheme://bucket[/prefix] (credentials belong in "
+                         f"the environment or storage.options, never in the URL)")
+    url = url.rstrip("/")
+    if storage.cache.strip():
+        cache = Path(storage.cache).expanduser()
+        if not cache.is_absolute():
+            cache = (base_dir or Path.cwd()) / cache
+    else:
+        import hashlib
+
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        cache = base / "dojo" / hashlib.sha256(url.encode()).hexdigest()[:12]   # as dojo.objstore.default_cache_dir
+    cache = cache.resolve()
+    _check_root(cache, "config storage.cache")
+    return dataclasses.replace(storage, root=url, cache=str(cache))
+
+
 def from_dict(data: dict | None, base_dir: Path | None = None, env: dict | None = None) -> Config:
     """Build and validate a Config from a plain mapping (as parsed from YAML)."""
     env = os.environ if env is None else env
@@ -464,15 +564,20 @@ def from_dict(data: dict | None, base_dir: Path | None = None, env: dict | None 
         raise ValueError(f"config storage.root: {_show(cfg.storage.root)} is not allowed; use a non-empty path")
     if not cfg.model.name_or_path.strip():
         raise ValueError("config model.name_or_path: '' is not allowed; use an HF model directory or hub id")
-    if env.get("DOJO_HOME", "").strip():
-        root_path = Path(env["DOJO_HOME"]).expanduser().absolute()   # relative to where the user stands
+    root_key = "$DOJO_HOME" if env.get("DOJO_HOME", "").strip() else "config storage.root"
+    root = env["DOJO_HOME"].strip() if env.get("DOJO_HOME", "").strip() else cfg.storage.root
+    if is_url(root):
+        cfg = dataclasses.replace(cfg, storage=_url_root(cfg.storage, root, root_key, base_dir))
     else:
-        root_path = Path(cfg.storage.root).expanduser()
-        if not root_path.is_absolute():
-            root_path = (base_dir or Path.cwd()) / root_path
-    root_path = root_path.resolve()
-    _check_root(root_path, "$DOJO_HOME" if env.get("DOJO_HOME", "").strip() else "config storage.root")
-    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=str(root_path)))
+        if env.get("DOJO_HOME", "").strip():
+            root_path = Path(root).expanduser().absolute()   # relative to where the user stands
+        else:
+            root_path = Path(root).expanduser()
+            if not root_path.is_absolute():
+                root_path = (base_dir or Path.cwd()) / root_path
+        root_path = root_path.resolve()
+        _check_root(root_path, root_key)
+        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=str(root_path)))
     model_path = (base_dir or Path.cwd()) / cfg.model.name_or_path
     if not Path(cfg.model.name_or_path).is_absolute() and model_path.exists():
         # a relative model directory resolves like storage.root; anything else stays a hub id

@@ -32,9 +32,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dojo import promotion, queue
+from dojo import mirror, promotion, queue
 from dojo.sidecar import read_sidecar
-from dojo.storage import locked, sha256_file, tree_size, usage
+from dojo.storage import sha256_file, tree_size, usage
 from model import checkpoint as ckpt
 
 log = logging.getLogger("dojo.maintenance")
@@ -52,6 +52,7 @@ class Removal:
     kind: str          # checkpoint | done | failed | trash | eval | quarantine | cache | tmp
     bytes: int
     why: str
+    remote: bool = False   # a tree on a URL root's store (its working-copy path names it)
 
 
 @dataclass
@@ -108,7 +109,28 @@ def _days(seconds: float) -> str:
 def protected_checkpoints(cfg, found: list[Path]) -> dict[str, list[str]]:
     """Why each checkpoint in ``found`` (oldest step first) must stay; a checkpoint not in the result may go.
     Raises StateError when the promotion pointer is unreadable: then nothing can be known safe to remove."""
+    ledgers = {d.name: None if ckpt.verify_checkpoint(d, hashes=False) else ckpt.read_ledger(d) for d in found}
+    return _protect(cfg, [d.name for d in found], ledgers)
+
+
+def _remote_ledgers(cfg) -> tuple[list[str], dict[str, dict | None]]:
+    """The committed checkpoints of a URL root (oldest step first) and their ledgers as the store holds them."""
+    from dojo.objstore import StateError, get_json
+
+    st = mirror.store(cfg)
+    names = sorted(mirror.committed_checkpoints(cfg), key=lambda n: ckpt.parse_name(n) or -1)
+    ledgers: dict[str, dict | None] = {}
+    for name in names:
+        try:
+            ledgers[name] = get_json(st, f"checkpoints/{name}/{ckpt.LEDGER}")
+        except (StateError, ValueError):
+            ledgers[name] = None
+    return names, ledgers
+
+
+def _protect(cfg, names: list[str], ledgers: dict[str, dict | None]) -> dict[str, list[str]]:
     r = cfg.retention
+    found = [Path(n) for n in names]
     why: dict[str, list[str]] = {}
 
     def keep(name: str, reason: str) -> None:
@@ -122,12 +144,10 @@ def protected_checkpoints(cfg, found: list[Path]) -> dict[str, list[str]]:
         keep(name, "named in retention.keep")
     for d in found[-r.keep_last_checkpoints:]:
         keep(d.name, f"among the newest {r.keep_last_checkpoints}")
-    ledgers: dict[str, dict] = {}
-    for d in found:
-        if ckpt.verify_checkpoint(d, hashes=False):
-            keep(d.name, "does not verify (left for quarantine)")
-            continue
-        ledgers[d.name] = ckpt.read_ledger(d)
+    for name, ledger in list(ledgers.items()):
+        if ledger is None:
+            keep(name, "does not verify (left for quarantine)")
+    ledgers = {name: ledger for name, ledger in ledgers.items() if ledger is not None}
     promoted_step = ckpt.parse_name(promoted) if promoted else None
     best: dict[tuple[str, str], tuple[float, int, str]] = {}
     for name, ledger in ledgers.items():
@@ -144,6 +164,29 @@ def protected_checkpoints(cfg, found: list[Path]) -> dict[str, list[str]]:
     for (skill, level), (acc, _, name) in sorted(best.items()):
         keep(name, f"best on {skill} level {level} ({acc:.3f})")
     return why
+
+
+def _plan_remote_checkpoints(cfg, plan: Plan, now: float) -> None:
+    """A URL root: the committed checkpoints on the store, and uncommitted trees (a killed upload) older than
+    ``tmp_hours``."""
+    st = mirror.store(cfg)
+    names, ledgers = _remote_ledgers(cfg)
+    plan.kept = _protect(cfg, names, ledgers)
+    sizes, modified = st.list("checkpoints"), st.modified("checkpoints")
+    trees: dict[str, list[str]] = {}
+    for key in sizes:
+        trees.setdefault(key.split("/")[1], []).append(key)
+    for name, keys in sorted(trees.items(), key=lambda kv: ckpt.parse_name(kv[0]) or -1):
+        size = sum(sizes[k] for k in keys)
+        if name in names and name not in plan.kept:
+            plan.removals.append(Removal(cfg.root / "checkpoints" / name, "checkpoint", size,
+                                         f"older than the newest {cfg.retention.keep_last_checkpoints}, not "
+                                         f"promoted, not a best, not kept by name", remote=True))
+        elif name not in names:
+            age = now - max(modified.get(k, now) for k in keys)
+            if age >= cfg.retention.tmp_hours * 3600:
+                plan.removals.append(Removal(cfg.root / "checkpoints" / name, "tmp", size,
+                                             f"an upload that never committed, {_days(age)} old", remote=True))
 
 
 def _plan_checkpoints(cfg, plan: Plan) -> None:
@@ -199,6 +242,15 @@ def _companions(data: Path) -> list[Path]:
 
 def _plan_eval(cfg, plan: Plan, now: float) -> None:
     days, base = cfg.retention.eval_days, cfg.root / "eval"
+    if days > 0 and cfg.remote:
+        st, committed = mirror.store(cfg), set(mirror.committed_checkpoints(cfg))
+        sizes = st.list("eval")
+        for key, when in sorted(st.modified("eval").items()):
+            name = key.split("/", 1)[1][: -len(".json")] if key.endswith(".json") else None
+            if name is not None and now - when >= days * DAY and name not in committed:
+                plan.removals.append(Removal(cfg.root / key, "eval", sizes.get(key, 0),
+                                             f"{_days(now - when)} old and its checkpoint is gone", remote=True))
+        return
     if days <= 0 or not base.is_dir():
         return
     for report in sorted(base.glob("*.json")):
@@ -260,8 +312,13 @@ def _plan_temps(cfg, plan: Plan, now: float) -> None:
 def plan(cfg, now: float | None = None) -> Plan:
     """What retention would remove now, and why each checkpoint that stays stays. Removes nothing."""
     now = time.time() if now is None else now
-    out = Plan(root=Path(cfg.root), usage=usage(cfg.root))
-    _plan_checkpoints(cfg, out)
+    out = Plan(root=Path(cfg.root), usage=mirror.usage(cfg) if cfg.remote else usage(cfg.root))
+    if cfg.remote:
+        mirror.refresh(cfg, list(promotion.POINTERS), "")
+        mirror.refresh(cfg, queue.SHARED, "queue")
+        _plan_remote_checkpoints(cfg, out, now)
+    else:
+        _plan_checkpoints(cfg, out)
     for folder, key in QUEUE_FOLDERS.items():
         _plan_queue_folder(cfg, out, folder, getattr(cfg.retention, key), now)
     _plan_eval(cfg, out, now)
@@ -304,11 +361,44 @@ def apply(cfg, todo: Plan) -> list[Removal]:
     done: list[Removal] = []
     log_path = cfg.root / LOG
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    for r in todo.removals:
-        if not (r.path.exists() or r.path.is_symlink()):
+    queue_kinds = [r for r in todo.removals if r.kind in QUEUE_FOLDERS]
+    rest = [r for r in todo.removals if r.kind not in QUEUE_FOLDERS]
+    with mirror.synced(cfg, queue.SHARED, "queue"):      # a URL root: removals in the queue's folders are pushed
+        done += _apply(cfg, queue_kinds, log_path)
+    return done + _apply(cfg, rest, log_path)
+
+
+def _remove_remote(cfg, r: Removal) -> None:
+    st = mirror.store(cfg)
+    key = r.path.relative_to(cfg.root).as_posix()
+    if r.kind in ("checkpoint", "tmp"):
+        st.delete(f"{key}/{ckpt.MANIFEST}")         # uncommitted from here on: no host will use it
+        for k in st.list(key):
+            st.delete(k)
+        if r.path.is_dir():
+            _remove(r.path)                          # the working copy's copy
+    else:
+        st.delete(key)
+        r.path.unlink(missing_ok=True)
+
+
+def _apply(cfg, removals: list[Removal], log_path: Path) -> list[Removal]:
+    done: list[Removal] = []
+    for r in removals:
+        if r.remote:
+            if r.kind == "checkpoint":
+                with mirror.shared_file(cfg, *promotion.POINTERS):
+                    names, ledgers = _remote_ledgers(cfg)
+                    if r.path.name in _protect(cfg, names, ledgers):
+                        log.info("kept %s: it became protected after the plan", r.path.name)
+                        continue
+                    _remove_remote(cfg, r)
+            else:
+                _remove_remote(cfg, r)
+        elif not (r.path.exists() or r.path.is_symlink()):
             continue
-        if r.kind == "checkpoint":
-            with locked(promotion.promoted_path(cfg.root)):
+        elif r.kind == "checkpoint":
+            with mirror.shared_file(cfg, *promotion.POINTERS):
                 if r.path.name in protected_checkpoints(cfg, ckpt.candidates(cfg.root)):
                     log.info("kept %s: it became protected after the plan", r.path.name)
                     continue

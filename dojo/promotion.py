@@ -18,6 +18,7 @@ from pathlib import Path
 from dojo.storage import StateError, read_json, write_json
 
 TOLERANCE = 0.05
+POINTERS = ("state/promoted.json", "state/promotions.jsonl")   # what a decision changes (mirror.shared_file)
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,12 @@ def history(root: Path) -> list[dict]:
     return out
 
 
-def promote_by_hand(root: Path, checkpoint: Path, reason: str) -> Decision:
+def promote_by_hand(cfg, checkpoint: Path, reason: str) -> Decision:
     """Point ``promoted.json`` at ``checkpoint`` — a promotion or a rollback chosen by a person — through the
     same locked, atomic pointer update evaluation uses, recorded in the history with ``reason`` and
     ``by: hand``. The pointer carries the checkpoint's own eval scores from its ledger, so the loop's next
     candidate has to beat *this* checkpoint. The caller verifies the checkpoint first."""
-    from dojo.storage import locked
+    from dojo import mirror
     from model.checkpoint import read_ledger
 
     checkpoint = Path(checkpoint)
@@ -140,7 +141,8 @@ def promote_by_hand(root: Path, checkpoint: Path, reason: str) -> Decision:
     scores = ledger.get("eval") if isinstance(ledger.get("eval"), dict) else {}
     scores = {skill: {lv: acc for lv, acc in by_level.items() if is_score(acc)}
               for skill, by_level in scores.items() if isinstance(by_level, dict)}
-    with locked(promoted_path(root)):
+    root = cfg.root
+    with mirror.shared_file(cfg, *POINTERS):
         old = current(root)
         previous = old["checkpoint"] if old else None
         if previous == checkpoint.name:

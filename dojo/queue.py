@@ -9,8 +9,8 @@ A data file ``NAME.jsonl`` always travels with its companions ``NAME.meta.json``
 its ID is the first 12 hex characters. The state of a file is the folder its data file is in.
 
 Moves are ``os.rename`` on one filesystem (atomic) and idempotent: asking for a move that has already happened
-returns the entry unchanged. Nothing is deleted: ``delete`` moves to ``trash/``, which is kept until retention
-(not built yet; a later issue) or until the user removes it.
+returns the entry unchanged. Nothing is deleted here: ``delete`` moves to ``trash/``, which retention
+(``dojo.maintenance``) empties after ``retention.trash_days``.
 
 Order of a move, and why: the **data file is renamed first** -- that rename is the commit point and the
 claim, so of two processes moving the same file exactly one wins, and only the winner then moves the
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from dojo import mirror
 from dojo.sidecar import read_sidecar, sidecar_path
 from dojo.storage import copy_private, open_regular, read_json, write_json
 from dojo.text import printable
@@ -53,6 +54,8 @@ MAX_STEM = 100          # sanitised stems are capped; room stays for a "-{id}" s
 SUFFIX = ".jsonl"
 REASON = ".reason.txt"
 RETIRED = Path("state") / "retired.jsonl"     # written by dojo.maintenance when it removes a trained file
+# what a URL root shares between hosts (inbox/ is each host's own staging area)
+SHARED = ["queue/high", "queue/normal", "queue/low", "processing", "done", "failed", "trash", RETIRED.as_posix()]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -123,15 +126,51 @@ def _check_priority(priority: str) -> str:
 @contextlib.contextmanager
 def _lock(cfg):
     """A blocking flock held for the few renames of one queue operation. (storage.exclusive_lock refuses when
-    held, which suits long singletons like a training run; queue moves take milliseconds and should wait.)"""
+    held, which suits long singletons like a training run; queue moves take milliseconds and should wait.)
+    On a URL root the operation also holds the queue's lease on the store and runs on a freshly pulled working
+    copy, and what it changed is pushed before the lease goes (``dojo.mirror.synced``): a claim on one host is
+    seen by every other, and two hosts never claim the same file."""
     path = cfg.root / "state" / "queue.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    with mirror.synced(cfg, SHARED, "queue"), open(path, "a", encoding="utf-8") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
+            if cfg.remote:
+                _repair_split_moves(cfg)
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _refresh(cfg) -> None:
+    """Reads on a URL root see the store as it is now (no lease: a listing is a snapshot anyway)."""
+    mirror.refresh(cfg, SHARED, "queue")
+
+
+def _repair_split_moves(cfg) -> None:
+    """A push killed between its uploads and its removals leaves one data file in two folders of the store.
+    The copy whose sidecar records the longer history is where the move got to (sidecars are pushed after their
+    data files); the other copy and its companions are removed (the push that follows removes them remotely)."""
+    seen: dict[str, list[Path]] = {}
+    for _, _, folder in _folders(cfg):
+        if folder.is_dir():
+            for data in folder.glob("*" + SUFFIX):
+                if not data.name.startswith(".") and not data.name.endswith(".rejected.jsonl"):
+                    seen.setdefault(f"{data.name}:{data.stat().st_size}", []).append(data)
+    for copies in seen.values():
+        if len(copies) < 2 or len({_scan(p)[0] for p in copies}) > 1:
+            continue
+
+        def history(p: Path) -> int:
+            try:
+                return len(((read_sidecar(p) or {}).get("queue") or {}).get("history") or [])
+            except ValueError:
+                return -1
+        keep = max(copies, key=history)
+        for p in copies:
+            if p != keep:
+                for companion in (p, sidecar_path(p), _companion(p, REASON)):
+                    companion.unlink(missing_ok=True)
 
 
 def _safe_meta(data: Path) -> dict | None:
@@ -241,18 +280,21 @@ def retired(cfg) -> dict[str, dict]:
 def list_entries(cfg) -> list[QueueEntry]:
     """Every data file in every state: queued ones first (high > normal > low, oldest first within each),
     then processing, done, failed, trash and inbox, oldest first."""
+    _refresh(cfg)
     now = _now()
     return [e for state, prio, folder in _folders(cfg) for e in _entries_in(cfg, state, prio, folder, now)]
 
 
 def queued(cfg) -> list[QueueEntry]:
     """Queued entries in claim order."""
+    _refresh(cfg)
     now = _now()
     return [e for p in PRIORITIES for e in _entries_in(cfg, "queued", p, _folder(cfg, "queued", p), now)]
 
 
 def depth(cfg) -> dict[str, int]:
     """How many files wait at each priority (counts names only; nothing is hashed)."""
+    _refresh(cfg)
     out = {}
     for p in PRIORITIES:
         folder = _folder(cfg, "queued", p)
@@ -476,7 +518,7 @@ def set_priority(cfg, file_id: str, priority: str) -> QueueEntry:
 
 
 def delete(cfg, file_id: str) -> QueueEntry:
-    """Move an entry to trash/ (nothing is deleted; trash/ is kept until retention, not built yet, or the user
+    """Move an entry to trash/ (nothing is deleted; retention empties trash/ after retention.trash_days, or the user
     removes it). Refused while it is being trained."""
     with _lock(cfg):
         entry = find(cfg, file_id)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dojo import gate, promotion, queue
 from dojo.sidecar import read_sidecar
-from dojo.storage import locked
+from dojo import mirror
 from skills import curriculum
 
 log = logging.getLogger("dojo.steps")
@@ -64,9 +64,9 @@ def lineage_files(cfg) -> set[str]:
     """sha256 of every file trained into the current lineage (from the latest checkpoint's ledger). "Latest" is the
     newest valid checkpoint, the one the next chunk resumes from: a file trained only into a quarantined one is
     not in the lineage and goes back to the queue."""
-    from model.checkpoint import latest_checkpoint, read_ledger
+    from model.checkpoint import latest as latest_of, read_ledger
 
-    latest = latest_checkpoint(cfg.root)
+    latest = latest_of(cfg)
     return set(read_ledger(latest).get("lineage_files", [])) if latest else set()
 
 
@@ -122,7 +122,7 @@ def next_curriculum_file(cfg) -> tuple[str, int, int]:
     """(skill, level, seed) of the next curriculum file, counted in ``state/curriculum.json``. A locked
     read-modify-write: the eval pool records evaluations in the same file at the same time."""
     c = cfg.curriculum
-    with locked(curriculum.state_path(cfg.root)):
+    with mirror.shared_file(cfg, "state/curriculum.json"):    # the eval pool writes it too
         state = curriculum.load(cfg.root, list(c.skills))
         skill = curriculum.choose_skill(state, c.strategy, list(c.skills), dict(zip(c.skills, c.weights)), c.seed)
         level = curriculum.training_level(state, skill)
@@ -135,7 +135,7 @@ def record_progress(cfg, skill: str, level: int, accuracy: float, checkpoint: st
                     step: int) -> tuple[dict, dict | None]:
     """Record an evaluation at the training level in ``state/curriculum.json`` (a locked read-modify-write:
     the training pool counts generated files in the same file). Returns the new state and the advance, if any."""
-    with locked(curriculum.state_path(cfg.root)):
+    with mirror.shared_file(cfg, "state/curriculum.json"):    # the training pool writes it too
         state = curriculum.load(cfg.root, list(cfg.curriculum.skills))
         advance = curriculum.record_eval(state, skill, level, accuracy, checkpoint, step,
                                          cfg.curriculum.window, cfg.curriculum.threshold)
@@ -241,7 +241,7 @@ def evaluate_and_promote(cfg, checkpoint: str) -> dict:
     scores = {lv: r["accuracy"] for lv, r in levels.items()}
     state, advance = record_progress(cfg, skill, level, scores[str(level)], path.name, ledger["step"])
     mastered = list(range(1, state["skills"][skill]["level"] + 1))
-    with locked(promotion.promoted_path(cfg.root)):   # decide against the pointer as it is when we write it
+    with mirror.shared_file(cfg, *promotion.POINTERS):   # decide against the pointer as it is when we write it
         decision = promotion.decide(path.name, scores, promotion.current(cfg.root), skill, level,
                                     [lv for lv in mastered if lv != level], cfg.curriculum.promotion_tolerance)
         promotion.apply(cfg.root, decision, str(path), {skill: scores})

@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from dojo import queue
+from dojo import mirror
 from dojo.storage import exclusive_lock
 from flows import load_config
 from flows.evaluate_checkpoint import checkpoint as evaluate_inline
@@ -24,7 +25,8 @@ def continuous(max_chunks: int = -1, max_hours: float = -1.0, steps_per_chunk: i
     max_hours = p.max_hours if max_hours < 0 else max_hours
     steps = p.steps_per_chunk if steps_per_chunk < 0 else steps_per_chunk
     log, started, chunks, failures = get_run_logger(), time.monotonic(), 0, 0
-    with exclusive_lock(cfg.root / "state" / "continuous.lock", "train/continuous"):
+    with exclusive_lock(cfg.root / "state" / "continuous.lock", "train/continuous"), \
+            mirror.exclusive_lease(cfg, "continuous", "train/continuous"):    # a URL root: one across all hosts
         t.recover(cfg)
         while (not max_chunks or chunks < max_chunks) and (not max_hours or time.monotonic() - started < max_hours * 3600):
             t.top_up(cfg)

@@ -89,6 +89,43 @@ def latest_checkpoint(root: Path) -> Path | None:
     return None
 
 
+def latest(cfg, set_aside: bool = False) -> Path | None:
+    """The checkpoint the lineage continues from (what ``latest`` names): on a local root the newest valid one
+    (``latest_checkpoint``); on a URL root the newest one *committed on the store*, downloaded into the working
+    copy and verified on demand (``dojo.mirror``) — a checkpoint saved here whose upload never finished is not
+    it, so every host resumes from the same one. ``set_aside`` (the trainer, which alone writes checkpoints)
+    moves such uncommitted ones out of the working copy's ``checkpoints/`` into ``uncommitted/`` (kept, with a
+    warning), so the next save can take their name."""
+    if not cfg.remote:
+        return latest_checkpoint(cfg.root)
+    from dojo import mirror
+    from dojo.objstore import StoreError
+
+    names = mirror.committed_checkpoints(cfg)
+    if set_aside:
+        for d in candidates(cfg.root):
+            if d.name not in names:
+                dest = Path(cfg.root) / "uncommitted" / f"{d.name}-{int(d.stat().st_mtime)}"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(d, dest)
+                log.warning("%s was saved here but never committed to %s (its upload did not finish); moved to "
+                            "%s, training continues from the last committed checkpoint", d.name, cfg.remote, dest)
+    for name in sorted(names, key=lambda n: parse_name(n) or -1, reverse=True):
+        if parse_name(name) is None:
+            continue
+        try:
+            path = mirror.fetch_checkpoint(cfg, name)
+        except StoreError as exc:
+            log.warning("committed checkpoint %s cannot be used: %s; trying the one before", name, exc)
+            continue
+        problems = verify_checkpoint(path)
+        if not problems:
+            return path
+        log.warning("committed checkpoint %s fails verification (%s); trying the one before", name,
+                    "; ".join(problems))
+    return None
+
+
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 

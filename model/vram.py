@@ -279,8 +279,9 @@ def estimate(config, max_length: int, micro_batch: int, optimizer: str, dtype: s
         raise ValueError(f"optimizer {optimizer!r} is not allowed; use one of {', '.join(OPTIMIZERS)}")
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype {dtype!r} is not allowed; use one of {', '.join(DTYPE_BYTES)}")
-    if attention not in ("sdpa", "flash_attention_2", "auto", "eager"):
-        raise ValueError(f"attention {attention!r} is not allowed; use sdpa, flash_attention_2, auto or eager")
+    if attention not in ("sdpa", "flash_attention_2", "flex_attention", "auto", "eager"):
+        raise ValueError(f"attention {attention!r} is not allowed; use sdpa, flash_attention_2, flex_attention, auto "
+                         f"or eager")
     if max_length < 1 or micro_batch < 1 or lora_rank < 1:
         raise ValueError(f"max_length, micro_batch and lora_rank must be >= 1; got {max_length}, {micro_batch}, "
                          f"{lora_rank}")
@@ -307,6 +308,39 @@ def estimate(config, max_length: int, micro_batch: int, optimizer: str, dtype: s
                 "lora_rank": lora_rank, "gradient_checkpointing": gradient_checkpointing, "liger": liger,
                 "attention": attention}
     return Estimate(breakdown, params, trainable, settings, paged, tuple(notes))
+
+
+# ---------------------------------------------------------------- gradient checkpointing: auto
+CHECKPOINTING_MARGIN = 0.20   # auto turns checkpointing off only when the estimate leaves this share of the GPU free
+
+
+def choose_checkpointing(setting, device: str, config=None, max_length: int = 0, micro_batch: int = 1,
+                         optimizer: str = "adamw", *, gpu_bytes: int | None = None,
+                         margin: float = CHECKPOINTING_MARGIN, **kwargs) -> tuple[bool, str]:
+    """``model.gradient_checkpointing`` resolved: (on?, why), the why recorded in the checkpoint's ledger.
+
+    ``true``/``false`` are kept. ``auto``: off on CPU (memory is not what limits a CPU run, and recomputing every
+    layer's forward costs about a third more compute); on CUDA, off when the estimate *without* checkpointing
+    (``kwargs`` as for ``estimate``) leaves ``margin`` of the GPU free — the activation term is not yet calibrated
+    on a GPU, hence the margin — else on; on when the model or the GPU's size is unknown.
+    """
+    if isinstance(setting, bool):
+        return setting, f"model.gradient_checkpointing: {'true' if setting else 'false'}"
+    if setting != "auto":
+        raise ValueError(f"config model.gradient_checkpointing: {setting!r} is not allowed; use true, false or auto")
+    if device != "cuda":
+        return False, "auto: off on CPU (memory is not the limit; recomputing costs ~1/3 more compute)"
+    if config is None:
+        return True, "auto: on (no VRAM estimate for this model)"
+    gpu_bytes = gpu_bytes or detect_gpu_bytes()
+    if gpu_bytes is None:
+        return True, "auto: on (the GPU's memory could not be read)"
+    need = estimate(config, max_length, micro_batch, optimizer, gradient_checkpointing=False, **kwargs).resident_bytes
+    budget = gpu_bytes * (1.0 - margin)
+    verdict = "off" if need <= budget else "on"
+    return verdict == "on", (f"auto: {verdict} (estimate without checkpointing {need / GIB:.1f} GiB "
+                             f"{'<=' if verdict == 'off' else '>'} {budget / GIB:.1f} GiB, {1 - margin:.0%} of "
+                             f"the GPU's {gpu_bytes / GIB:.1f} GiB)")
 
 
 # ---------------------------------------------------------------- the GPU

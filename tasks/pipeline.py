@@ -11,8 +11,9 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 
-from dojo import lineage_stats, steps
+from dojo import lineage_stats, oracle, steps
 from dojo.steps import STEP_LOG, step_log
+from model import trackers
 
 OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -120,8 +121,11 @@ def evaluate_and_promote(cfg, checkpoint: str) -> dict:
     out = steps.evaluate_and_promote(cfg, checkpoint)
     rows = [{"skill": out["skill"], "level": int(lv), "accuracy": round(r["accuracy"], 4), "correct": r["correct"],
              "n": r["n"], "overlaps_training": r["overlaps_training"]} for lv, r in out["levels"].items()]
-    create_table_artifact(key=f"eval-{out['skill']}", table=rows, description=f"Eval of {out['checkpoint']}")
-    create_markdown_artifact(key="promotion-decision", markdown=out["decision_markdown"])
+    curves = f"Learning curves: [the Oracle]({oracle.url(cfg)}) (`dojo serve`, or `serve.enabled: true`)"
+    create_table_artifact(key=f"eval-{out['skill']}", table=rows,
+                          description=f"Eval of {out['checkpoint']}. {curves}")
+    create_markdown_artifact(key="promotion-decision", markdown=f"{out['decision_markdown']}\n{curves}\n")
+    trackers.log_evaluation(cfg, out)                                  # train.report_to
     create_table_artifact(key="curriculum-state", table=steps.curriculum_rows(out["curriculum"]),
                           description="Curriculum: mastered and training level per skill")
     logger = get_run_logger()

@@ -97,3 +97,34 @@ def test_plan_gives_both_configurations_the_same_examples(bench):
     ex = work["baseline"][0][0]
     assert all(label == -100 for label in ex.labels[:len(ex) // 4])
     assert list(ex.labels[len(ex) // 4:]) == list(ex.input_ids[len(ex) // 4:])
+
+
+def test_gpu_report_from_suite_results(tmp_path):
+    """benchmarks/gpu_report.py (what benchmarks/gpu_suite.sh ends with): MFU = model FLOPs / s / peak, the ratio
+    of one run's pair, the attention verdict and the 18.6 GB check, from hand-made results."""
+    import json
+
+    def result(configuration, tps, **kw):
+        r = {"configuration": configuration, "model": "qwen3-0.6b", "seq": 2048, "device": "cuda", "gpu": "NVIDIA H200",
+             "attention": "sdpa", "gradient_checkpointing": False, "optimizer": "adamw", "tokens_per_s": tps,
+             "seconds": 2.0, "model_flops": 989e12 * 2.0 * 0.5, "peak_tflops": 989.0, "peak_bytes": 10 << 30,
+             "torch_max_allocated": 9 << 30, "vram_estimate": {"resident": 11 << 30}}
+        return r | kw
+
+    (tmp_path / "throughput.jsonl").write_text("\n".join(json.dumps(r) for r in (
+        result("baseline", 1000.0), result("dojo", 1500.0))) + "\n")
+    (tmp_path / "attention.jsonl").write_text("\n".join(json.dumps(r) for r in (
+        result("dojo", 1000.0), result("dojo", 1300.0, attention="flex_attention"))) + "\n")
+    (tmp_path / "memory_4b.jsonl").write_text(json.dumps(result("dojo", 100.0, model="qwen3-4b",
+                                                                peak_bytes=int(17e9))) + "\n")
+    (tmp_path / "status.txt").write_text("missing flash_attn\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_report.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "| 50.0% |" in out                                  # 0.5 x peak for 2 s
+    assert "dojo / baseline tokens/s **1.50×**" in out
+    assert "+10.0%" in out                                     # estimate 11 GiB vs NVML 10 GiB
+    assert "flex / sdpa 1.30× → flex_attention" in out
+    assert "17.0 GB vs 18.6 GB: under" in out
+    assert "missing flash_attn" in out

@@ -48,7 +48,10 @@ def test_ledger_has_every_field(trained):
     assert ledger["system_prompt"] == cfg.data.system_prompt   # no {date} in the default
     assert ledger["code_version"]["package"] == "0.1.0"
     assert ledger["runtime"] == {"device": "cpu", "dtype": "float32", "attn_implementation": "sdpa", "liger": False,
-                                 "gradient_checkpointing": True, "optimizer": "adamw", "lora": False}
+                                 "gradient_checkpointing": False, "optimizer": "adamw", "lora": False,
+                                 "gradient_checkpointing_reason": "auto: off on CPU (memory is not the limit; "
+                                                                  "recomputing costs ~1/3 more compute)",
+                                 "compile": False}
     assert ledger["optimizer_split"]["optimizer"] == "adamw" and ledger["optimizer_split"]["trainable_params"] > 0
     assert all(ledger["masking"]["checks"].values())
     ledger_bytes = (result.checkpoint / ckpt.LEDGER).stat().st_size

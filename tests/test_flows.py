@@ -75,3 +75,6 @@ def test_continuous_trains_evaluates_and_promotes(harness, tmp_path, dojo_home):
     eval_rows = json.loads([a for a in artifacts if a.key == "eval-bin"][0].data)
     assert eval_rows[0]["level"] == 1 and eval_rows[0]["n"] == 187
     assert "PASS" in [a for a in artifacts if a.key == "masking-report"][0].data
+    from dojo import oracle          # eval and promotion artifacts link to the Oracle's learning-curve page
+
+    assert oracle.url(cfg) in [a for a in artifacts if a.key == "promotion-decision"][0].data

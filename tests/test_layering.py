@@ -20,10 +20,12 @@ PROJECT = ("skills", "validation", "model", "dojo", "tasks", "flows", "deploymen
 # that of its most specific prefix: dojo.config is plumbing, dojo.cli the entry point, any other dojo.* is dojo.
 LAYERS = (
     ("skills", ("skills",)),
-    ("plumbing", ("dojo.config", "dojo.storage", "dojo.sidecar")),
+    ("plumbing", ("dojo.config", "dojo.storage", "dojo.sidecar", "dojo.objstore", "dojo.mirror")),
     ("validation", ("validation",)),
     ("model", ("model",)),
-    ("dojo", ("dojo",)),
+    # the Oracle (dojo serve) reads checkpoints, promotion, queue and curriculum; tasks link to its page, the stack
+    # and the CLI start it
+    ("dojo", ("dojo", "dojo.oracle")),
     ("tasks", ("tasks",)),
     ("flows", ("flows",)),
     ("deployments", ("deployments",)),
@@ -165,9 +167,11 @@ def test_imports_only_go_down():
 
 @pytest.mark.parametrize("module, layer", [
     ("skills", "skills"), ("skills.syllo_v1", "skills"), ("dojo.config", "plumbing"), ("dojo.sidecar", "plumbing"),
+    ("dojo.objstore", "plumbing"),
     ("dojo.configs", "dojo"), ("dojo", "dojo"), ("dojo.steps", "dojo"), ("dojo.cli", "cli"),
     ("validation.validate", "validation"), ("model.data", "model"), ("tasks.pipeline", "tasks"),
     ("flows.train_continuous", "flows"), ("deployments.stack", "deployments"), ("torch", None),
+    ("dojo.oracle.app", "dojo"), ("model.sampling", "model"), ("model.trackers", "model"),
 ])
 def test_layer_of_most_specific_prefix_wins(module, layer):
     found = layer_of(module)

@@ -7,7 +7,6 @@ training logs rotate."""
 import datetime as dt
 import json
 import multiprocessing
-import os
 import random
 import shutil
 import subprocess
@@ -138,7 +137,7 @@ def test_a_promotion_after_the_plan_is_not_removed(home):
     cfg = cfg_for(home, keep_last_checkpoints=1)
     todo = maintenance.plan(cfg)
     assert name_of(home, 70) in {r.path.name for r in todo.removals}
-    promotion.promote_by_hand(home, home / "checkpoints" / name_of(home, 70), "the user prefers it")
+    promotion.promote_by_hand(cfg, home / "checkpoints" / name_of(home, 70), "the user prefers it")
     maintenance.apply(cfg, todo)
     assert 70 in surviving_steps(home)
 
@@ -284,3 +283,13 @@ def test_per_step_training_log_rotates(tmp_path):
     assert files == ["train.log", "train.log.1", "train.log.2"]
     assert all(p.stat().st_size <= 1100 for p in (tmp_path / "home" / "logs").iterdir())
     assert "step 199 " in (tmp_path / "home" / "logs" / "train.log").read_text()
+
+
+def test_status_prints_space_per_folder(home):
+    from deployments import stack
+
+    lines = []
+    out = stack.status(cfg_for(home), log=lines.append)
+    assert out["usage"]["checkpoints"] > 9 * 1_000_000 and "state" in out["usage"]
+    line = next(x for x in lines if x.startswith("storage "))
+    assert "checkpoints " in line and "MiB" in line
