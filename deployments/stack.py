@@ -568,10 +568,10 @@ def status(cfg, log=print) -> dict:
         answer = _get(out["oracle"] + "health", 2.0)
         log(f"oracle: {out['oracle']} ({'answering' if answer and answer[0] == 200 else 'not answering'}; "
             f"API key in $DOJO_API_KEY or {Path(cfg.root) / 'state' / 'serve.key'})")
-    from dojo.maintenance import human
+    from dojo.text import human_size
     from dojo.storage import usage
 
     out["usage"] = mirror.usage(cfg) if cfg.remote else usage(cfg.root)
-    log(f"storage {cfg.remote or cfg.root}: {human(sum(out['usage'].values()))} — "
-        + ", ".join(f"{folder} {human(n)}" for folder, n in sorted(out["usage"].items(), key=lambda kv: -kv[1])))
+    log(f"storage {cfg.remote or cfg.root}: {human_size(sum(out['usage'].values()))} — "
+        + ", ".join(f"{folder} {human_size(n)}" for folder, n in sorted(out["usage"].items(), key=lambda kv: -kv[1])))
     return out

@@ -251,7 +251,8 @@ class RetentionConfig:
     eval_days: float = doc("remove eval reports older than this many days whose checkpoint is gone (0 = keep "
                            "forever)", 90.0)
     quarantine_days: float = doc("remove quarantined checkpoints older than this many days (0 = keep forever)", 0.0)
-    cache_days: float = doc("remove tokenized-cache entries unused for this many days (0 = keep forever)", 14.0)
+    cache_days: float = doc("remove tokenized-cache entries built this many days ago whose file is neither queued "
+                            "nor in training (0 = keep forever)", 14.0)
     tmp_hours: float = doc("remove temp leftovers of killed writers older than this many hours (>= 1)", 24.0)
     prefect_days: float = doc("Prefect's database keeps finished flow runs and events this many days (dojo up "
                               "turns its vacuum on)", 30.0)

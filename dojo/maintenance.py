@@ -35,6 +35,7 @@ from pathlib import Path
 from dojo import mirror, promotion, queue
 from dojo.sidecar import read_sidecar
 from dojo.storage import sha256_file, tree_size, usage
+from dojo.text import human_size
 from model import checkpoint as ckpt
 
 log = logging.getLogger("dojo.maintenance")
@@ -68,8 +69,8 @@ class Plan:
 
     def format(self, applied: bool = False) -> str:
         verb = "removed" if applied else "would remove"
-        lines = [f"{verb} {len(self.removals)} item(s), {human(self.freed)} under {self.root}"]
-        lines += [f"  {r.kind:<10} {human(r.bytes):>9}  {r.path.relative_to(self.root)}  ({r.why})"
+        lines = [f"{verb} {len(self.removals)} item(s), {human_size(self.freed)} under {self.root}"]
+        lines += [f"  {r.kind:<10} {human_size(r.bytes):>9}  {r.path.relative_to(self.root)}  ({r.why})"
                   for r in self.removals]
         if self.kept:
             lines.append("checkpoints kept:")
@@ -79,22 +80,14 @@ class Plan:
         return "\n".join(lines)
 
     def markdown(self, applied: bool) -> str:
-        rows = "\n".join(f"| {folder} | {human(n)} |" for folder, n in sorted(self.usage.items()))
-        removed = "\n".join(f"| {r.kind} | `{r.path.relative_to(self.root)}` | {human(r.bytes)} | {r.why} |"
+        rows = "\n".join(f"| {folder} | {human_size(n)} |" for folder, n in sorted(self.usage.items()))
+        removed = "\n".join(f"| {r.kind} | `{r.path.relative_to(self.root)}` | {human_size(r.bytes)} | {r.why} |"
                             for r in self.removals) or "| – | nothing | – | – |"
         kept = "\n".join(f"| `{name}` | {', '.join(why)} |" for name, why in self.kept.items())
         return (f"# Storage maintenance\n\n{'Removed' if applied else 'Would remove'} {len(self.removals)} item(s), "
-                f"{human(self.freed)}.\n\n## Usage before (per folder)\n\n| folder | size |\n|---|---|\n{rows}\n\n"
+                f"{human_size(self.freed)}.\n\n## Usage before (per folder)\n\n| folder | size |\n|---|---|\n{rows}\n\n"
                 f"## {'Removed' if applied else 'Would remove'}\n\n| kind | path | size | why |\n|---|---|---|---|\n"
                 f"{removed}\n\n## Checkpoints kept\n\n| checkpoint | why |\n|---|---|\n{kept}\n")
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def _size(path: Path) -> int:

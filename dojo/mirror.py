@@ -192,33 +192,54 @@ def _holder_dead(holder: dict) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def lease(cfg, name: str, wait: float = WAIT_SECONDS):
-    """Hold ``locks/{name}`` on the store for the block: taken by exclusive create (exactly one holder on any
-    host), taken over when it expired or its holder is a dead process on this host, released after."""
+def _take(st, key: str) -> tuple[dict | None, dict]:
+    """One attempt at the lease ``key``: (our lease body, {}) when taken — created, or taken over because it
+    expired or its holder is a dead process on this host — else (None, the live holder's record)."""
     from dojo.objstore import Conflict, parse_json
 
+    body = _lease_body()
+    if st.create(key, json.dumps(body).encode()):
+        return body, {}
+    data, version = st.read_versioned(key)
+    try:
+        holder = parse_json(data, st.url_for(key)) if data is not None else {}
+    except ValueError:
+        holder = {}
+    if data is not None and isinstance(holder.get("until"), (int, float)) and holder["until"] >= time.time() \
+            and not _holder_dead(holder):
+        return None, holder
+    try:
+        st.replace_if(key, json.dumps(body).encode(), version)
+    except Conflict:
+        return None, holder                 # someone else took it (or released it) meanwhile
+    if data is not None:
+        log.warning("took over the lease %s from %s (expired or its process is gone)", key, holder)
+    return body, {}
+
+
+def _ours(st, key: str, body: dict) -> tuple[bool, str | None]:
+    """Whether ``key`` still holds our lease ``body`` (same host and pid), and its version."""
+    from dojo.objstore import parse_json
+
+    data, version = st.read_versioned(key)
+    try:
+        record = parse_json(data, st.url_for(key)) if data is not None else {}
+    except ValueError:
+        return False, version
+    return (record.get("host"), record.get("pid")) == (body["host"], body["pid"]), version
+
+
+@contextlib.contextmanager
+def lease(cfg, name: str, wait: float = WAIT_SECONDS):
+    """Hold ``locks/{name}`` on the store for the block (``_take``: exactly one holder on any host), waiting up
+    to ``wait`` seconds for a live holder; released after."""
     st = store(cfg)
     key = f"locks/{name}"
     deadline, said = time.monotonic() + wait, False
     while True:
-        body = _lease_body()
-        if st.create(key, json.dumps(body).encode()):
+        body, holder = _take(st, key)
+        if body is not None:
             break
-        data, version = st.read_versioned(key)
-        if data is None:
-            continue
-        try:
-            holder = parse_json(data, st.url_for(key))
-        except ValueError:
-            holder = {}
-        if not isinstance(holder.get("until"), (int, float)) or holder["until"] < time.time() or _holder_dead(holder):
-            try:
-                st.replace_if(key, json.dumps(body).encode(), version)
-                log.warning("took over the lease %s from %s (expired or its process is gone)", key, holder)
-                break
-            except Conflict:
-                continue
         if time.monotonic() > deadline:
             raise TimeoutError(f"{st.url_for(key)}: held by {holder.get('host')} pid {holder.get('pid')} for more "
                                f"than {wait:.0f} s; if that process is gone, delete the object or wait "
@@ -230,11 +251,8 @@ def lease(cfg, name: str, wait: float = WAIT_SECONDS):
     try:
         yield
     finally:
-        data, version = st.read_versioned(key)
-        with contextlib.suppress(ValueError):
-            if data is not None and parse_json(data, st.url_for(key)).get("pid") == body["pid"] \
-                    and parse_json(data, st.url_for(key)).get("host") == body["host"]:
-                st.delete(key)
+        if _ours(st, key, body)[0]:
+            st.delete(key)
 
 
 @contextlib.contextmanager
@@ -330,46 +348,31 @@ def usage(cfg) -> dict[str, int]:
 
 @contextlib.contextmanager
 def exclusive_lease(cfg, name: str, what: str):
-    """One ``what`` per URL root across every host (the local flock covers one host only): ``locks/{name}`` by
-    exclusive create, renewed every quarter lease while the block runs, released after. A live holder elsewhere
-    makes it refuse at once (LockedError, like ``storage.exclusive_lock``); an expired one is taken over.
-    No-op on a local root."""
-    from dojo.objstore import Conflict, parse_json
+    """One ``what`` per URL root across every host (the local flock covers one host only): the lease
+    ``locks/{name}`` (``_take``), renewed every quarter lease while the block runs, released after. A live holder
+    elsewhere makes it refuse at once (LockedError, like ``storage.exclusive_lock``). No-op on a local root."""
+    from dojo.objstore import Conflict
     from dojo.storage import LockedError
 
     st = store(cfg)
     if st is None:
         yield
         return
-    key, body = f"locks/{name}", _lease_body()
-    if not st.create(key, json.dumps(body).encode()):
-        data, version = st.read_versioned(key)
-        try:
-            holder = parse_json(data, st.url_for(key)) if data is not None else {}
-        except ValueError:
-            holder = {}
-        alive = isinstance(holder.get("until"), (int, float)) and holder["until"] >= time.time() \
-            and not _holder_dead(holder)
-        if alive:
-            raise LockedError(f"{what} is already running under {cfg.remote} (host {holder.get('host')}, pid "
-                              f"{holder.get('pid')}, lease {st.url_for(key)}); wait for it, or if that process "
-                              f"is gone wait {LEASE_SECONDS:.0f} s for its lease to expire")
-        try:
-            st.replace_if(key, json.dumps(body).encode(), version)
-        except Conflict:
-            raise LockedError(f"{what} was started elsewhere under {cfg.remote} just now ({st.url_for(key)})") \
-                from None
-        log.warning("took over the expired lease %s from %s", key, holder)
+    key = f"locks/{name}"
+    body, holder = _take(st, key)
+    if body is None:
+        raise LockedError(f"{what} is already running under {cfg.remote} (host {holder.get('host')}, pid "
+                          f"{holder.get('pid')}, lease {st.url_for(key)}); wait for it, or if that process is gone "
+                          f"wait {LEASE_SECONDS:.0f} s for its lease to expire")
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(LEASE_SECONDS / 4):
-            data, version = st.read_versioned(key)
+            mine, version = _ours(st, key, body)
             try:
-                mine = data is not None and parse_json(data, st.url_for(key)).get("pid") == body["pid"]
                 if mine:
-                    st.replace_if(key, json.dumps(_lease_body()).encode(), version)
-            except (ValueError, Conflict) as exc:
+                    st.replace_if(key, json.dumps({**body, "until": time.time() + LEASE_SECONDS}).encode(), version)
+            except Conflict as exc:
                 log.warning("could not renew the lease %s: %s", key, exc)
 
     thread = threading.Thread(target=renew, name=f"lease-{name}", daemon=True)
@@ -379,7 +382,5 @@ def exclusive_lease(cfg, name: str, what: str):
     finally:
         stop.set()
         thread.join(5)
-        data, _ = st.read_versioned(key)
-        with contextlib.suppress(ValueError):
-            if data is not None and parse_json(data, st.url_for(key)).get("pid") == body["pid"]:
-                st.delete(key)
+        if _ours(st, key, body)[0]:
+            st.delete(key)

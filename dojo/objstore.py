@@ -201,6 +201,18 @@ def open_store(root_url: str | Path, options: dict | None = None, cache_dir: str
 
 
 # ---------------------------------------------------------------- local folder
+def _copy_into(fin: BinaryIO, dest: Path) -> None:
+    """Copy the reader ``fin`` to ``dest`` atomically: a temp file beside it, then os.replace."""
+    tmp = dest.with_name(f".{dest.name}{_TMP}{secrets.token_hex(6)}")
+    try:
+        with open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 class LocalStore:
     """A folder on a local (or flock/link-capable network) filesystem. See each method for its guarantee."""
 
@@ -283,26 +295,14 @@ class LocalStore:
     def put_file(self, local: Path, key: str) -> None:
         """Copy the local file ``local`` to ``key`` atomically (temp copy beside it, then os.replace)."""
         path = self.path(key)
-        tmp = self._tmp(path)
-        try:
-            with open_regular(local, "file to store") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open_regular(local, "file to store") as fin:
+            _copy_into(fin, path)
 
     def get_file(self, key: str, local: Path) -> None:
         """Copy the object to the local path ``local`` (its folder must exist), atomically."""
-        local = Path(local)
-        tmp = local.with_name(f".{local.name}{_TMP}{secrets.token_hex(6)}")
-        try:
-            with self.open(key) as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-            os.replace(tmp, local)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        with self.open(key) as fin:
+            _copy_into(fin, Path(local))
 
     def create(self, key: str, data: bytes) -> bool:
         """Create the object only if ``key`` does not exist: True for the one caller that created it, False for

@@ -94,7 +94,7 @@ def decide(candidate: str, scores: dict[str, float], promoted: dict | None, skil
 
 def apply(root: Path, decision: Decision, checkpoint_path: str, eval_scores: dict, by: str = "evaluation") -> None:
     """Record the decision (``by``: evaluation, or by hand); when it promotes, replace ``promoted.json``
-    atomically (one rename). Callers hold ``storage.locked(promoted_path(root))`` from reading the pointer they
+    atomically (one rename). Callers hold ``mirror.shared_file(cfg, *POINTERS)`` from reading the pointer they
     decided against until this returns, so two deciders cannot both promote against the same old pointer."""
     state = Path(root) / "state"
     state.mkdir(parents=True, exist_ok=True)

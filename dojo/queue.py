@@ -21,8 +21,8 @@ finds it and re-pairs them (``_adopt_orphan_sidecar``): the pairing is never los
 writes the sidecar first, because there the data file does not exist anywhere yet: the data rename still
 publishes the entry, and by then its sidecar is already beside it.
 
-All moves also hold a short blocking lock (``state/queue.lock``), so choosing a free destination name and
-renaming cannot interleave with another mover (``os.rename`` would silently replace a same-named file). The
+All moves also hold a short blocking lock (``storage.locked``: ``state/.queue.lock``), so choosing a free
+destination name and renaming cannot interleave with another mover (``os.rename`` would silently replace a same-named file). The
 claim still treats a failed rename as "someone else won" and tries the next file, so it stays correct even
 against a mover that does not take the lock.
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -43,8 +42,8 @@ from typing import Callable
 
 from dojo import mirror
 from dojo.sidecar import read_sidecar, sidecar_path
-from dojo.storage import copy_private, open_regular, read_json, write_json
-from dojo.text import printable
+from dojo.storage import copy_private, locked, open_regular, read_json, write_json
+from dojo.text import human_size, printable
 
 PRIORITIES = ("high", "normal", "low")
 STATES = ("inbox", "queued", "processing", "done", "failed", "trash")
@@ -130,16 +129,10 @@ def _lock(cfg):
     On a URL root the operation also holds the queue's lease on the store and runs on a freshly pulled working
     copy, and what it changed is pushed before the lease goes (``dojo.mirror.synced``): a claim on one host is
     seen by every other, and two hosts never claim the same file."""
-    path = cfg.root / "state" / "queue.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with mirror.synced(cfg, SHARED, "queue"), open(path, "a", encoding="utf-8") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            if cfg.remote:
-                _repair_split_moves(cfg)
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with mirror.synced(cfg, SHARED, "queue"), locked(cfg.root / "state" / "queue"):
+        if cfg.remote:
+            _repair_split_moves(cfg)
+        yield
 
 
 def _refresh(cfg) -> None:
@@ -622,14 +615,6 @@ def release(cfg, file_id: str) -> QueueEntry:
 
 
 # ---------------------------------------------------------------- text (for `dojo queue list`)
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
 def _age(seconds: float) -> str:
     for limit, div, unit in ((120, 1, "s"), (7200, 60, "m"), (172800, 3600, "h")):
         if seconds < limit:
@@ -649,7 +634,7 @@ def format_list(entries: list[QueueEntry]) -> str:
 
     def cells(e: QueueEntry) -> list[str]:
         # a file dropped in by hand keeps its name: escape control characters so it cannot forge rows
-        return [e.id, printable(e.name), str(e.examples), _size(e.size_bytes), _age(e.age_seconds), e.state]
+        return [e.id, printable(e.name), str(e.examples), human_size(e.size_bytes), _age(e.age_seconds), e.state]
 
     rows = [cells(e) for _, group in sections for e in group]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -20,6 +20,15 @@ def _escape(ch: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def human_size(n: float) -> str:
+    """A byte count for people: ``512 B``, ``10.5 MiB`` (powers of 1024, up to TiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
 def printable(value, limit: int | None = None) -> str:
     """``str(value)`` with C0 and C1 control characters (newline, carriage return, tab and ESC included), DEL,
     line/paragraph separators and bidi controls written as ``\\xNN`` / ``\\uNNNN``; cut to ``limit`` characters

@@ -7,8 +7,7 @@ import time
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
-from dojo import queue
-from dojo import mirror
+from dojo import mirror, queue
 from dojo.storage import exclusive_lock
 from flows import load_config
 from flows.evaluate_checkpoint import checkpoint as evaluate_inline

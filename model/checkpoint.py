@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dojo.storage import StateError, read_json, sha256_file, write_json
+from dojo.storage import StateError, read_json, sha256_file, tree_size, write_json
 from validation.model_dir import check_model_dir, safetensors_problem
 
 log = logging.getLogger("dojo.checkpoint")
@@ -124,10 +124,6 @@ def latest(cfg, set_aside: bool = False) -> Path | None:
         log.warning("committed checkpoint %s fails verification (%s); trying the one before", name,
                     "; ".join(problems))
     return None
-
-
-def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def code_version() -> dict:
@@ -441,7 +437,7 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, ledger: dict, train
         # The manifest covers every file but the ledger (evaluation adds to it), so it is written after all it
         # covers; the ledger's size_bytes counts it. The rename below commits both.
         write_json(tmp / MANIFEST, build_manifest(tmp))
-        ledger["size_bytes"] = dir_size(tmp)
+        ledger["size_bytes"] = tree_size(tmp)
         write_json(tmp / LEDGER, ledger)
         problems = check_model_dir(tmp).problems
         assert not problems, f"freshly written checkpoint is not a valid model dir: {problems}"

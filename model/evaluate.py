@@ -24,7 +24,7 @@ from model import checkpoint as ckpt
 from model.chat import generation_prompt, with_system_prompt
 from model.profiles import get_profile
 from model.profiles import resolve as resolve_profile
-from model.loading import load_model, load_tokenizer, pick_runtime
+from model.loading import cpu_threads, load_model, load_tokenizer, pick_runtime
 import skills
 
 log = logging.getLogger("dojo.eval")
@@ -99,8 +99,7 @@ def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", level
     profile = get_profile(ledger.get("profile", "none") if ledger else cfg.data.profile)
     system_prompt = ledger.get("system_prompt") or resolve_profile(profile.name, cfg.data.system_prompt)[1]
     runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)   # no Liger: generation only
-    if runtime.device == "cpu" and cfg.train.cpu_threads:   # see model.train.cpu_threads
-        torch.set_num_threads(cfg.train.cpu_threads)
+    cpu_threads(cfg, runtime)
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
     model = load_model(path, runtime, cfg.model.trust_remote_code, trainable=False, merge_adapter=True)
     started = time.monotonic()

@@ -216,3 +216,10 @@ def make_small_qwen3_dir(dest: Path, source: Path, **sizes) -> Path:
             shutil.copyfile(source / name, dest / name)
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return dest
+
+
+def cpu_threads(cfg, runtime) -> None:
+    """``train.cpu_threads`` on CPU: on a small shared CPU (the demo's 2 cores, a training and an evaluation worker)
+    one thread each beats two threads each, which spin-wait against one another."""
+    if runtime.device == "cpu" and cfg.train.cpu_threads:
+        torch.set_num_threads(cfg.train.cpu_threads)

@@ -64,8 +64,9 @@ def chat_prompt(tokenizer, messages: list[dict], system_prompt: str | None, temp
 
 
 def stop_ids(tokenizer) -> set[int]:
-    """Token ids that end an assistant turn: ``<|im_end|>`` where the vocabulary has it, and the eos."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    """Token ids that end an assistant turn: ``<|im_end|>`` where the vocabulary has it, the eos, and the pad
+    token (evaluation's ``greedy_generate`` stops at it too, so the Oracle answers as evaluation scored)."""
+    ids = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
         ids.add(im_end)
@@ -115,7 +116,10 @@ def generate_text(model, tokenizer, prompt: str, sampling: Sampling, processors=
     generator = None
     if sampling.temperature > 0.0:
         generator = torch.Generator(device=device)
-        generator.manual_seed(sampling.seed if sampling.seed is not None else int(torch.seed()))
+        if sampling.seed is not None:
+            generator.manual_seed(sampling.seed)
+        else:
+            generator.seed()           # a fresh seed for this generator only: torch's global RNG is left alone
     ends = stop_ids(tokenizer)
     cache_arg = cache_argument(model)
     model.eval()

@@ -26,9 +26,6 @@ from dojo.config import report_to_names
 
 log = logging.getLogger("dojo.trackers")
 
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim",
-            "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
-            "trackio": "trackio"}
 
 
 def lineage_run_name(root: Path) -> str:
@@ -71,10 +68,10 @@ def open_run(cfg) -> Run | None:
     names = report_to_names(cfg.train.report_to)
     if not names:
         return None
-    missing = [n for n in names if importlib.util.find_spec(PACKAGES[n]) is None]
+    missing = [n for n in names if importlib.util.find_spec(n) is None]   # each tracker's package has its name
     if missing:
         raise ValueError(f"config train.report_to: {', '.join(missing)} is not installed; pip install "
-                         f"{' '.join(PACKAGES[n] for n in missing)}, or remove it from train.report_to")
+                         f"{' '.join(missing)}, or remove it from train.report_to")
     run_name, folder = lineage_run_name(cfg.root), logging_dir(cfg.root)
     folder.mkdir(parents=True, exist_ok=True)
     extra = {"wandb": {"name": run_name, "id": run_name, "resume": "allow", "dir": str(folder)},

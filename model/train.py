@@ -34,7 +34,8 @@ from model import checkpoint as ckpt
 from model.chat import IGNORE
 from model.data import PreparedData, prepare
 from model.profiles import resolve as resolve_profile
-from model.loading import adapter_base, add_lora, apply_liger, load_model, load_tokenizer, pick_runtime
+from model.loading import (adapter_base, add_lora, apply_liger, cpu_threads, load_model, load_tokenizer,
+                           pick_runtime)
 from model.optimizers import build as build_optimizers
 from model.packing import PackedRow, collate
 from validation.masking import require_ok
@@ -169,21 +170,24 @@ def prefetch(make: Callable[[object], StepBatch], plans: list, depth: int = 2):
     stop = threading.Event()
     done = object()
 
+    def hand(item) -> bool:
+        """Put ``item`` for the consumer unless it has left (then False): a producer never blocks for good."""
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for plan in plans:
-                item = make(plan)
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand(make(plan)):
                     return
-            out.put(done)
+            hand(done)
         except BaseException as exc:   # handed to the consumer, which raises it
-            out.put(exc)
+            hand(exc)
 
     thread = threading.Thread(target=work, name="dojo-prefetch", daemon=True)
     thread.start()
@@ -197,6 +201,7 @@ def prefetch(make: Callable[[object], StepBatch], plans: list, depth: int = 2):
             yield item
     finally:
         stop.set()
+        thread.join(5)
 
 
 def train_step(model, step: StepBatch, optimizers, schedulers, accelerator, *, fused: bool = False,
@@ -239,13 +244,6 @@ def prepare_model_for_training(model, checkpointing: bool, compile_layers: bool)
     model.config.use_cache = False
     model.train()
     return model
-
-
-def cpu_threads(cfg: Config, runtime) -> None:
-    """``train.cpu_threads`` on CPU: on a small shared CPU (the demo's 2 cores, a training and an evaluation worker)
-    one thread each beats two threads each, which spin-wait against one another."""
-    if runtime.device == "cpu" and cfg.train.cpu_threads:
-        torch.set_num_threads(cfg.train.cpu_threads)
 
 
 def make_accelerator(runtime):
@@ -292,17 +290,16 @@ def check_same_base(parent: Path, parent_ledger: dict, cfg: Config) -> None:
                          f"use another DOJO_HOME for a new base model, or set model.name_or_path back")
 
 
-def memory_plan(cfg: Config, runtime) -> tuple[bool, str]:
+def memory_plan(cfg: Config, runtime, source) -> tuple[bool, str]:
     """Gradient checkpointing on or off, and why (``model.gradient_checkpointing``: true, false or auto — see
     ``model.vram.choose_checkpointing``); on CUDA also the VRAM preflight: refuse, with the numbers, a configuration
     that cannot fit the detected GPU — before an hour of training ends in an out-of-memory error. Sizes the latest
-    checkpoint's model (or the base model)."""
+    checkpoint's model (or the base model): ``source``."""
     from model import vram
 
     setting = cfg.model.gradient_checkpointing
     if runtime.device != "cuda":
         return vram.choose_checkpointing(setting, runtime.device)
-    source = ckpt.latest(cfg) or cfg.model.name_or_path
     base = adapter_base(source) if Path(str(source)).is_dir() else None
     kwargs = dict(dtype=runtime.dtype, lora=cfg.model.lora, lora_rank=cfg.model.lora_rank, liger=runtime.liger,
                   attention=runtime.attn_implementation)
@@ -350,12 +347,12 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         raise ValueError(f"--steps must be >= 1, got {steps}")
     runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation, cfg.model.liger)
     cpu_threads(cfg, runtime)
-    checkpointing, checkpointing_why = memory_plan(cfg, runtime)
+    parent = ckpt.latest(cfg, set_aside=True)   # the newest valid (URL root: committed) one
+    source = parent or cfg.model.name_or_path
+    checkpointing, checkpointing_why = memory_plan(cfg, runtime, source)
     log.info("gradient checkpointing %s: %s", "on" if checkpointing else "off", checkpointing_why)
     if runtime.liger:
         apply_liger()
-    parent = ckpt.latest(cfg, set_aside=True)   # the newest valid (URL root: committed) one
-    source = parent or cfg.model.name_or_path
     refuse_pickle_weights(source)                # before the tokenizer, the data or any loader touches it
     parent_ledger = ckpt.read_ledger(parent) if parent else {}
     if parent:
@@ -446,9 +443,10 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
             chunk_tokens, window_tokens = chunk_tokens + step.tokens, window_tokens + step.tokens
             window_row_tokens += step.row_tokens
             if (i + 1) % t.log_every == 0 or i + 1 == steps:   # the one read-back from the device per log interval
+                window_sum = float(window_loss)               # waits for the device: the rate counts its work
                 rate = window_row_tokens / max(1e-9, time.monotonic() - window_start)
                 progress = {"step": global_step, "chunk_step": i + 1, "chunk_steps": steps,
-                            "loss": float(window_loss) / max(1, window_tokens), "lr": schedulers[-1].get_last_lr()[0],
+                            "loss": window_sum / max(1, window_tokens), "lr": schedulers[-1].get_last_lr()[0],
                             "epoch": epochs[i], "tokens_per_s": rate}
                 log.info("step %d (%d/%d) loss %.4f lr %.2e epoch %d", global_step, i + 1, steps, progress["loss"],
                          progress["lr"], epochs[i])

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dojo import lineage_stats, oracle, steps
 from dojo.steps import STEP_LOG, step_log
+from dojo.text import human_size
 from model import trackers
 
 OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -152,7 +153,7 @@ def maintenance(cfg, apply: bool) -> dict:
     if apply:
         todo.removals = retention.apply(cfg, todo)
     create_markdown_artifact(key="storage-maintenance", markdown=todo.markdown(applied=apply))
-    create_table_artifact(key="storage-usage", table=[{"folder": k, "bytes": v, "size": retention.human(v)}
+    create_table_artifact(key="storage-usage", table=[{"folder": k, "bytes": v, "size": human_size(v)}
                                                       for k, v in sorted(todo.usage.items())],
                           description=f"Storage per folder under {cfg.root}")
     get_run_logger().info("%s", todo.format(applied=apply).split("\n", 1)[0])

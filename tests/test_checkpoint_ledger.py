@@ -7,6 +7,7 @@ import pytest
 
 from dojo import config
 from dojo.cli import generate_file
+from dojo.storage import tree_size
 from model import checkpoint as ckpt
 from model.train import train_chunk
 from validation.model_dir import check_model_dir
@@ -55,7 +56,7 @@ def test_ledger_has_every_field(trained):
     assert ledger["optimizer_split"]["optimizer"] == "adamw" and ledger["optimizer_split"]["trainable_params"] > 0
     assert all(ledger["masking"]["checks"].values())
     ledger_bytes = (result.checkpoint / ckpt.LEDGER).stat().st_size
-    assert ledger["size_bytes"] == ckpt.dir_size(result.checkpoint) - ledger_bytes
+    assert ledger["size_bytes"] == tree_size(result.checkpoint) - ledger_bytes
 
 
 def test_canonical_name_atomic_write_and_safetensors_only(trained):

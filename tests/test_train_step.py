@@ -3,6 +3,8 @@
 is split into micro-batches, the prefetch thread hands its errors over, and the checkpointing choice follows the
 VRAM estimate and is recorded in the ledger."""
 import dataclasses
+import threading
+import time
 
 import pytest
 import torch
@@ -102,6 +104,13 @@ def test_prefetch_yields_in_order_and_hands_errors_over():
     gen = prefetch(lambda i: StepBatch([], i, 0, 0), range(1000), depth=2)
     assert next(gen).tokens == 0
     gen.close()   # leaving early stops the producer (it would block on the full queue otherwise)
+    assert not [t for t in threading.enumerate() if t.name == "dojo-prefetch"]
+    # the consumer leaves while the producer waits to hand over its last item: it still stops
+    gen = prefetch(lambda i: StepBatch([], i, 0, 0), range(3), depth=1)
+    assert next(gen).tokens == 0
+    time.sleep(0.3)
+    gen.close()
+    assert not [t for t in threading.enumerate() if t.name == "dojo-prefetch"]
 
 
 # ---------------------------------------------------------------- gradient checkpointing: auto

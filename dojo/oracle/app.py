@@ -291,8 +291,12 @@ def create_app(cfg, key: str) -> FastAPI:
         if app.state.inflight >= serve.max_queue:
             raise APIError(429, f"the server is busy: {app.state.inflight} requests are in line (serve.max_queue); "
                                 f"try again shortly", "rate_limit_error", code="queue_full")
-        resolved = await resolve_or_404(req.model)
-        app.state.inflight += 1
+        app.state.inflight += 1        # counted before any await: concurrent requests cannot all pass the check
+        try:
+            resolved = await resolve_or_404(req.model)
+        except BaseException:
+            app.state.inflight -= 1
+            raise
         resident, handed_over = None, False
 
         async def done() -> None:

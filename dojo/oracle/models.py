@@ -33,7 +33,6 @@ from model import checkpoint as ckpt
 log = logging.getLogger("dojo.oracle")
 
 STEP_ID = re.compile(r"^step-(\d{1,12})$")
-ALIASES = ("promoted", "latest")
 
 
 class UnknownModel(LookupError):

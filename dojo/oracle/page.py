@@ -13,7 +13,6 @@ is named on the page instead of breaking it.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from dojo.storage import StateError, read_json
@@ -50,6 +49,7 @@ def esc(value) -> str:
 def read_history(root: Path) -> dict:
     """Points and marks for the charts: {checkpoints: [...], promotions: [(step, name)], advances: [(step, text)],
     problems: [text]}."""
+    from dojo import promotion
     from model import checkpoint as ckpt
 
     root = Path(root)
@@ -66,20 +66,12 @@ def read_history(root: Path) -> dict:
                                    "skill": ledger.get("skill"), "level": ledger.get("level"), "eval": accuracy,
                                    "time": ledger.get("time")})
     steps = {c["name"]: c["step"] for c in out["checkpoints"]}
-    log = root / "state" / "promotions.jsonl"
     try:
-        with open(log, encoding="utf-8", errors="replace") as f:
-            for line in f.readlines()[-MAX_PROMOTION_LINES:]:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and record.get("promote") and record.get("candidate") in steps:
-                    out["promotions"].append((steps[record["candidate"]], record["candidate"]))
-    except FileNotFoundError:
-        pass
+        for record in promotion.history(root)[-MAX_PROMOTION_LINES:]:
+            if record.get("promote") and record.get("candidate") in steps:
+                out["promotions"].append((steps[record["candidate"]], record["candidate"]))
     except OSError as exc:
-        out["problems"].append(f"{log}: {exc.strerror}")
+        out["problems"].append(f"{root / 'state' / 'promotions.jsonl'}: {exc.strerror}")
     try:
         state = read_json(root / "state" / "curriculum.json", expect=dict, what="curriculum state") or {}
     except StateError as exc:
