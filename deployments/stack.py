@@ -1,11 +1,17 @@
-"""The local stack in one command: a Prefect server (SQLite under the storage root), both work pools, a worker
-per pool (``--limit 1``), the deployments from prefect.yaml, the zombie-run automation, with ``serve.enabled`` the
-Oracle (``dojo serve``, stopped by ``dojo down`` like the rest, its URL in ``dojo status``), then a run of
-train/continuous.
+"""The local stack in one command: a Prefect server (SQLite under the storage root, or PostgreSQL with
+``pipeline.database_url`` / $DOJO_DATABASE_URL), both work pools, a worker per pool (``--limit 1``), the
+deployments from prefect.yaml, the zombie-run automation, with ``serve.enabled`` the Oracle (``dojo serve``,
+stopped by ``dojo down`` like the rest, its URL in ``dojo status``), then a run of train/continuous.
 
     dojo up [--no-run]      start everything that is not running yet; print the UI address
+    dojo up --server-only   the central box of several hosts: server, pools, deployments, automation; no local
+                            worker, no run (each GPU host runs ``dojo worker``: deployments/worker.py)
     dojo down               stop the processes this home's ``dojo up`` started, and nothing else
     dojo status             this home's server, pools, workers, queue depth, curriculum, promoted checkpoint, runs
+
+Pool concurrency: the train pool 1 (one trainer per storage root), the eval pool ``pipeline.eval_concurrency`` (one
+run per eval worker); every worker runs one run at a time. A PostgreSQL URL is checked (reachable, password, database)
+before the server starts, and only the server's environment holds it: its password is never logged or recorded.
 
 Settings that make it survive trouble: concurrency leases on the filesystem (a server restart keeps them),
 flow-run heartbeats every ``pipeline.heartbeat_seconds`` and an automation that marks a run Crashed after
@@ -22,6 +28,7 @@ on the same port is never reported or joined; ``dojo up`` moves to a free port i
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -80,6 +87,12 @@ def server_port(cfg, data: dict | None = None) -> int:
     return cfg.pipeline.port
 
 
+def home_of(cfg) -> str:
+    """The home the stack's processes carry as ``DOJO_HOME``: the storage URL for a URL root (its flow runs must
+    load the config with the same remote root, not the local working copy), else the root folder."""
+    return cfg.remote or str(cfg.root)
+
+
 def api_url(cfg, port: int | None = None) -> str:
     return f"http://{cfg.pipeline.host}:{port or server_port(cfg)}/api"
 
@@ -92,21 +105,32 @@ def vacuum_env(cfg) -> dict:
             "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"PT{seconds}S"}     # a plain timedelta: ISO 8601 only
 
 
+def database_url(cfg) -> str:
+    """The Prefect server's database: ``pipeline.database_url`` (or $DOJO_DATABASE_URL), else SQLite under the root."""
+    return cfg.pipeline.database_url or f"sqlite+aiosqlite:///{Path(cfg.root) / 'prefect' / 'prefect.db'}"
+
+
 def stack_env(cfg, config_path: str | None = None, port: int | None = None) -> dict:
-    """Environment for the server, the workers (and so every flow run) and the prefect CLI."""
+    """Environment for the server, the workers (and so every flow run) and the prefect CLI. A PostgreSQL URL (it
+    holds a password) is not in it: only the server gets it (``server_env``)."""
     home = Path(cfg.root) / "prefect"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PREFECT_API_URL") and k != "PREFECT_SERVER_DATABASE_CONNECTION_URL"}
+    if not cfg.pipeline.database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url(cfg)
     env.update({
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api_url(cfg, port),
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(cfg.pipeline.heartbeat_seconds),
+        # a worker looks for scheduled runs every 2 s, not Prefect's 10: a handed-off evaluation starts at once
+        # (one small query to the server per worker; an exported value wins)
+        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2"),
         # the server's database must not grow for ever: old flow runs (with their logs) and events are vacuumed
         **vacuum_env(cfg),
-        "DOJO_HOME": str(cfg.root),
+        "DOJO_HOME": home_of(cfg),
         "DOJO_REPO": str(REPO),
         "DOJO_TRAIN_POOL": cfg.pipeline.train_pool,
         "DOJO_EVAL_POOL": cfg.pipeline.eval_pool,
@@ -117,6 +141,43 @@ def stack_env(cfg, config_path: str | None = None, port: int | None = None) -> d
     if config_path:
         env["DOJO_CONFIG"] = str(Path(config_path).resolve())
     return env
+
+
+def server_env(cfg, env: dict) -> dict:
+    """The server's environment: ``env`` with its database."""
+    return {**env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url(cfg)}
+
+
+def check_database(cfg, timeout: float = 10.0) -> None:
+    """Fail fast, with HOST:PORT and never the password, when the configured PostgreSQL database cannot be used
+    (unreachable, refused, wrong password, no such database): a Prefect server started on it would retry or die
+    with a long traceback in its log instead. Nothing to check for SQLite."""
+    url = cfg.pipeline.database_url
+    if not url.startswith("postgresql+asyncpg://"):
+        return
+    import asyncio
+
+    import asyncpg
+
+    from dojo.config import database_address, redact_url
+
+    host, port = database_address(url)
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+
+    async def probe():
+        conn = await asyncpg.connect("postgresql" + url[len("postgresql+asyncpg"):], timeout=timeout)
+        await conn.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(probe(), timeout + 2))
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if password:
+            why = why.replace(password, "***")
+        raise RuntimeError(f"the Prefect server's database at {host}:{port} cannot be used ({why}); check that "
+                           f"PostgreSQL runs there and accepts this host, and the URL "
+                           f"{redact_url(url)} (pipeline.database_url or $DOJO_DATABASE_URL)") from None
 
 
 # ---------------------------------------------------------------- process identity (/proc)
@@ -157,6 +218,16 @@ def identity(pid: int) -> dict | None:
     if st is None or cmd is None:
         return None
     return {"boot_id": _boot_id(), "starttime": st[2], "cmdline": cmd}
+
+
+def settled_identity(pid: int, wait: float = 5.0) -> dict | None:
+    """``identity`` of a process just started. Popen returns once exec succeeded, but the kernel fills in the new
+    program's command line a moment later: read in that window, /proc/PID/cmdline is empty (seen once in a real
+    ``dojo up``, which then took its own server for "another process"). So wait, briefly, for it."""
+    deadline = time.monotonic() + wait
+    while (now := identity(pid)) is not None and not now["cmdline"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return now
 
 
 def alive(pid: int) -> bool:
@@ -200,7 +271,7 @@ def check(cfg, data: dict, name: str) -> tuple[str, str]:
     env = _environ(pid)
     if env is None:
         return "foreign", f"pid {pid} ({name}): its environment cannot be read, so dojo cannot prove it started it"
-    if env.get("DOJO_HOME") != str(cfg.root):
+    if env.get("DOJO_HOME") != home_of(cfg):
         return "foreign", f"pid {pid} ({name}) belongs to the stack of another home ({env.get('DOJO_HOME')})"
     if env.get("DOJO_STACK_TOKEN") != data.get("token"):
         return "foreign", f"pid {pid} ({name}) does not carry this stack's token (started by another dojo up)"
@@ -355,12 +426,12 @@ def _spawn(cfg, name: str, argv: list[str], env: dict, data: dict) -> int:
     _claim(cfg, data)
     logs = Path(cfg.root) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**env, "DOJO_HOME": str(cfg.root), "DOJO_STACK_TOKEN": data["token"]}
+    env = {**env, "DOJO_HOME": home_of(cfg), "DOJO_STACK_TOKEN": data["token"]}
     with open(logs / f"{name}.log", "ab") as out:
         proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     # read after exec (Popen returns once it succeeded); empty when it already ended: such an entry is never signalled
-    data["processes"][name] = {"pid": proc.pid, **(identity(proc.pid) or {}), "argv": argv,
+    data["processes"][name] = {"pid": proc.pid, **(settled_identity(proc.pid) or {}), "argv": argv,
                                "api_url": env.get("PREFECT_API_URL"), "started": time.time(),
                                "log": str(logs / f"{name}.log")}
     _save(cfg, data)
@@ -373,6 +444,67 @@ def _prefect(env: dict, *args: str, check: bool = True) -> subprocess.CompletedP
     if check and done.returncode != 0:
         raise RuntimeError(f"prefect {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
+
+
+# What `dojo up` sets on the server goes through the client in this process: a `prefect` CLI call costs ~6 s of
+# start-up on a 2-core box, and `dojo up` used to make eight of them.
+@contextlib.contextmanager
+def client_of(env: dict):
+    """A Prefect client of the server at ``env["PREFECT_API_URL"]`` (whatever this process's settings say)."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as c:
+        yield c
+
+
+def process_pool(env: dict, name: str, limit: int) -> None:
+    """Create the process work pool ``name`` (or update it: its job template back to the default) with
+    ``limit`` concurrent runs — `prefect work-pool create --type process --overwrite` + `set-concurrency-limit`."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    pool = WorkPoolCreate(name=name, type="process", concurrency_limit=limit,
+                          base_job_template=ProcessWorker.get_default_base_job_template())
+    with client_of(env) as c:
+        c.create_work_pool(pool, overwrite=True)
+
+
+def ensure_automation(env: dict, spec: dict) -> bool:
+    """Create the automation ``spec`` unless one of its name exists. True when it was created."""
+    from prefect.events.schemas.automations import AutomationCore
+
+    with client_of(env) as c:
+        if c.read_automations_by_name(spec["name"]):
+            return False
+        c.create_automation(AutomationCore.model_validate(spec))
+    return True
+
+
+def start_run(env: dict, deployment: str) -> str:
+    """Start a run of ``deployment`` (not waited for); its name."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        return run_deployment(deployment, timeout=0, as_subflow=False).name
+
+
+def background_limits(cfg, env: dict, log=print) -> list[str]:
+    """One Prefect global concurrency limit of 1 slot per eval GPU, which spar/checkpoint occupies: one background
+    job per eval GPU at a time (``dojo.gpu_gate.slot_names``). Created, or set back to 1, on the server at
+    ``env["PREFECT_API_URL"]`` (in-process: a prefect CLI call per limit costs seconds)."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from dojo.gpu_gate import all_slot_names
+
+    names = all_slot_names(cfg)
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as c:
+        for name in names:
+            c.upsert_global_concurrency_limit_by_name(name, 1)
+    log(f"background jobs: one per eval GPU ({', '.join(names)})")
+    return names
 
 
 def zombie_automation(cfg) -> dict:
@@ -416,8 +548,11 @@ def start_oracle(cfg, env: dict, data: dict, wait: float = 120.0, log=print) -> 
     return url
 
 
-def up(cfg, config_path: str | None = None, run: bool = True, wait: float = 120.0, log=print) -> dict:
-    """Bring this home's stack up (idempotent: its running pieces are kept). Returns the stack record."""
+def up(cfg, config_path: str | None = None, run: bool = True, wait: float = 120.0, log=print,
+       workers: bool = True) -> dict:
+    """Bring this home's stack up (idempotent: its running pieces are kept). Returns the stack record.
+    ``workers=False`` (``dojo up --server-only``): the server, pools, deployments and automation for workers on
+    other hosts (``dojo worker``); no local worker and no run."""
     data = _load(cfg)
     for name in list(data["processes"]):          # what this home cannot prove it started is forgotten, not signalled
         verdict, text = check(cfg, data, name)
@@ -439,34 +574,36 @@ def up(cfg, config_path: str | None = None, run: bool = True, wait: float = 120.
             log(f"stopped {name}: it was started for another server address")
     _save(cfg, data)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    server = _spawn(cfg, "server", [PREFECT, "server", "start", "--host", p.host, "--port", str(port)], env, data)
+    check_database(cfg)
+    server = _spawn(cfg, "server", [PREFECT, "server", "start", "--host", p.host, "--port", str(port)],
+                    server_env(cfg, env), data)
     deadline = time.monotonic() + wait
     while not (state := server_check(cfg, data))[0]:
         if not alive(server) or time.monotonic() > deadline:
             raise RuntimeError(f"this home's Prefect server did not become healthy ({state[1]}); "
                                f"see {data['processes']['server']['log']}")
         time.sleep(0.5)
-    log(f"server: {api_url(cfg, port)} (healthy; {state[1]})")
-    for pool in (p.train_pool, p.eval_pool):
-        _prefect(env, "work-pool", "create", pool, "--type", "process", "--overwrite")
-        _prefect(env, "work-pool", "set-concurrency-limit", pool, "1")   # one run per GPU
-        _spawn(cfg, f"worker-{pool}", [PREFECT, "worker", "start", "--pool", pool, "--limit", "1",
-                                       "--name", f"{pool}-worker"], env, data)
-        log(f"pool {pool}: concurrency 1, worker started (--limit 1)")
+    from dojo.config import redact_url
+
+    log(f"server: {api_url(cfg, port)} (healthy; {state[1]}; database {redact_url(database_url(cfg))})")
+    # the train pool runs one trainer (one per storage root in any case); the eval pool one run per eval worker
+    for pool, limit in ((p.train_pool, 1), (p.eval_pool, p.eval_concurrency)):
+        process_pool(env, pool, limit)
+        if workers:
+            _spawn(cfg, f"worker-{pool}", [PREFECT, "worker", "start", "--pool", pool, "--limit", "1",
+                                           "--name", f"{pool}-worker"], env, data)
+        log(f"pool {pool}: concurrency {limit}, " + ("worker started (--limit 1)" if workers else
+                                                     "no local worker (start `dojo worker --pool " + pool + "`)"))
     _prefect(env, "--no-prompt", "deploy", "--all")
     log("deployments: train/continuous, evaluate/checkpoint, curriculum/scheduled")
+    background_limits(cfg, env, log)
     spec = zombie_automation(cfg)
-    existing = _prefect(env, "automation", "ls", check=False).stdout
-    if spec["name"] not in existing:
-        auto = Path(cfg.root) / "state" / "zombie-automation.json"
-        auto.write_text(json.dumps(spec, indent=2))
-        _prefect(env, "automation", "create", "--from-file", str(auto))
+    ensure_automation(env, spec)
     log(f"automation {spec['name']}: crash after {p.zombie_window_seconds}s without a heartbeat")
     if cfg.serve.enabled:
         data["oracle_url"] = start_oracle(cfg, env, data, wait, log)
-    if run:
-        done = _prefect(env, "deployment", "run", "train/continuous")
-        log(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "started train/continuous")
+    if run and workers:
+        log(f"started train/continuous: flow run {start_run(env, 'train/continuous')}")
     data["api_url"] = api_url(cfg, port)
     data["ui_url"] = f"http://{p.host}:{port}"
     _save(cfg, data)

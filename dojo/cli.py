@@ -6,11 +6,15 @@
     dojo pack-check FILE [--max-length N] [--dump OUT.jsonl]
     dojo train FILE [--steps N]               one chunk from the latest checkpoint (or the base model)
     dojo eval CHECKPOINT --skill bin [--levels 1,2]
+    dojo spar CHECKPOINT [--skill S] [--level L] [--problems N]   wrong answers -> examples queued at high priority
     dojo demo                                 generate BIN level 1, train chunks until it is learned, evaluate
     dojo up [--no-run] / dojo down / dojo status    the local Prefect stack (deployments/stack.py)
+    dojo up --server-only                     server, pools, deployments, automation only: workers run elsewhere
+    dojo worker --pool NAME [--gpus 0,1] [--api-url URL]   a foreground worker, on any host (deployments/worker.py)
     dojo serve [--host H] [--port P]          the Oracle: OpenAI-compatible chat API + learning-curve page
     dojo queue list | add FILE [--priority high|normal|low] | priority ID LEVEL | retry ID | delete ID
     dojo lineage                              rejection stats per generator and validator
+    dojo leaderboard [--skill S] [--top N]    evaluated checkpoints ranked (state/leaderboard.jsonl)
     dojo vram [--model ID_OR_DIR] [--max-length N] [--micro-batch B] [--optimizer O] [--lora] [--liger] [--gpu G]
                                               estimated GPU memory of a training run; exit 1 when it does not fit
 
@@ -111,13 +115,29 @@ def cmd_validate(cfg, args) -> int:
 
 
 def cmd_train(cfg, args) -> int:
-    from model.train import train_chunk
+    """One chunk, here or as a ``train.processes``-process job (``model.launch``). Under ``accelerate launch``
+    every rank prints the same line; ``--result-file``/``--progress-lines`` (hidden) are how a launching parent
+    hears from rank 0."""
+    from model.launch import PROGRESS_PREFIX, LaunchError, result_json, run_chunk
+    from model.train import world
 
-    result = train_chunk(cfg, args.file, steps=args.steps)
-    print(json.dumps({"checkpoint": str(result.checkpoint), "step": result.step, "steps": result.steps,
-                      "train_loss": round(result.train_loss, 4),
-                      "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
-                      "examples_trained": result.examples_trained, "seconds": round(result.seconds, 1)}))
+    def progress_line(p: dict) -> None:
+        print(PROGRESS_PREFIX + json.dumps(p), flush=True)
+
+    try:
+        result = run_chunk(cfg, args.file, steps=args.steps,
+                           on_progress=progress_line if args.progress_lines else None, on_output=print)
+    except LaunchError as exc:   # the job's output is on the screen already: its ranks' errors once more
+        print(f"dojo: error: {exc.summary}", file=sys.stderr)
+        return 2
+    if args.result_file and world()[0] == 0:
+        Path(args.result_file).write_text(result_json(result), encoding="utf-8")
+    line = json.dumps({"checkpoint": str(result.checkpoint), "step": result.step, "steps": result.steps,
+                       "train_loss": round(result.train_loss, 4),
+                       "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
+                       "examples_trained": result.examples_trained, "seconds": round(result.seconds, 1)})
+    sys.stdout.write(line + "\n")   # one write: the ranks of a launched job share the pipe, lines stay whole
+    sys.stdout.flush()
     return 0
 
 
@@ -137,6 +157,16 @@ def cmd_eval(cfg, args) -> int:
     return 0
 
 
+def cmd_spar(cfg, args) -> int:
+    from dojo.spar import spar
+
+    out = spar(cfg, args.checkpoint, args.skill, args.level, args.problems)
+    print(out["message"])
+    if out["file"]:
+        print(f"file: {out['file']} (seed {out['seed']})")
+    return 1 if out["file"] and not out["accepted"] else 0        # 1: the gate turned the sparring file away
+
+
 def cmd_merge(cfg, args) -> int:
     from model.loading import merge_adapter
 
@@ -149,11 +179,22 @@ def cmd_up(cfg, args) -> int:
     from deployments import stack
 
     try:
-        stack.up(cfg, getattr(args, "config", None), run=not args.no_run)
+        stack.up(cfg, getattr(args, "config", None), run=not args.no_run, workers=not args.server_only)
     except RuntimeError as exc:      # the server did not come up, no free port, a prefect command failed
         print(f"dojo: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_worker(cfg, args) -> int:
+    from deployments import worker
+
+    try:
+        worker.start(cfg, getattr(args, "config", None), args.pool, args.gpus, args.api_url, args.name)
+    except RuntimeError as exc:      # no server answers, no such pool
+        print(f"dojo: error: {exc}", file=sys.stderr)
+        return 1
+    return 0                         # not reached: start() execs the worker
 
 
 def cmd_down(cfg, args) -> int:
@@ -276,6 +317,21 @@ def cmd_lineage(cfg, args) -> int:
     return 0
 
 
+def cmd_leaderboard(cfg, args) -> int:
+    from dojo import leaderboard
+
+    if args.skill is not None and args.skill not in SKILLS:
+        raise ValueError(f"--skill {args.skill!r}: use one of {', '.join(SKILLS)}")
+    if args.top is not None and args.top < 1:
+        raise ValueError(f"--top {args.top}: use a number >= 1")
+    rows = leaderboard.load(cfg.root)
+    print(leaderboard.format_table(leaderboard.ranked(rows, args.skill, args.top)))
+    warning = leaderboard.overfitting(rows, cfg.eval.overfit_gap)
+    if warning:
+        print(f"warning: {warning}")
+    return 0
+
+
 def cmd_vram(cfg, args) -> int:
     from model import vram
 
@@ -341,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one chunk on a file", parents=[common])
     p.add_argument("file")
     p.add_argument("--steps", type=int, help="optimizer steps (default: train.epochs passes over the file)")
+    p.add_argument("--result-file", help=argparse.SUPPRESS)                       # model/launch.py's children
+    p.add_argument("--progress-lines", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a skill's eval sets", parents=[common])
@@ -349,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=_levels, help="comma-separated, e.g. 1,2 (default: up to the trained level)")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("spar", help="ask a checkpoint fresh problems; queue its wrong answers as lessons (high "
+                                    "priority, through the gate)", parents=[common])
+    p.add_argument("checkpoint", help="checkpoint path, name under checkpoints/, or 'latest'")
+    p.add_argument("--skill", choices=sorted(SKILLS), help="default: the checkpoint's skill")
+    p.add_argument("--level", type=int, help="default: the skill's training level")
+    p.add_argument("--problems", type=int, help="problems asked (default: spar.problems)")
+    p.set_defaults(func=cmd_spar)
+
     p = sub.add_parser("merge", help="fold a LoRA adapter checkpoint into a full model directory", parents=[common])
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
@@ -356,7 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="start the local Prefect stack and train/continuous", parents=[common])
     p.add_argument("--no-run", action="store_true", help="bring the stack up without starting train/continuous")
+    p.add_argument("--server-only", action="store_true",
+                   help="server, pools, deployments and automation only: no local worker, no run (workers on "
+                        "other hosts: dojo worker)")
     p.set_defaults(func=cmd_up)
+    p = sub.add_parser("worker", help="a foreground worker for one pool, against a local or remote server",
+                       parents=[common])
+    p.add_argument("--pool", required=True, help="work pool to take runs from (pipeline.train_pool or eval_pool)")
+    p.add_argument("--gpus", help="CUDA_VISIBLE_DEVICES for this worker's runs, e.g. 0 or 0,1 (wins over the "
+                                  "deployment's; default: the deployment's)")
+    p.add_argument("--api-url", help="the Prefect server, http://HOST:4200/api (default: $PREFECT_API_URL, then "
+                                     "this home's dojo up server)")
+    p.add_argument("--name", help="worker name (default: POOL@HOSTNAME[-gpuN])")
+    p.set_defaults(func=cmd_worker)
     p = sub.add_parser("down", help="stop the processes `dojo up` started", parents=[common])
     p.set_defaults(func=cmd_down)
     p = sub.add_parser("status", help="server, pools, workers, queue, curriculum, promoted checkpoint",
@@ -408,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lineage", help="rejection stats per generator and validator", parents=[common])
     p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("leaderboard", help="evaluated checkpoints ranked: accuracy per level, promotion, probes, "
+                                           "losses", parents=[common])
+    p.add_argument("--skill", help="only this skill's checkpoints")
+    p.add_argument("--top", type=int, help="at most N rows")
+    p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("vram", help="estimate the GPU memory of a training run (exit 1 when it does not fit)",
                        parents=[common])
@@ -473,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_mod.load(getattr(args, "config", None))
         apply_umask(cfg)                    # folders 0700, files 0600 under the root (storage.umask)
-        if args.command not in ("config", "generate", "queue", "lineage", "up", "down", "status", "vram"):
+        if args.command not in ("config", "generate", "queue", "lineage", "leaderboard", "up", "down", "status",
+                                "vram", "worker"):
             _quiet_libraries()
         started = time.monotonic()
         code = args.func(cfg, args)

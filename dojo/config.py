@@ -140,6 +140,11 @@ class TrainConfig:
     report_to: str = doc("experiment trackers through accelerate, comma-separated: none, or any of "
                          "tensorboard, wandb, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio (one run per "
                          "lineage; logs under {root}/trackers)", "none")
+    processes: int = doc("processes (GPUs) one chunk trains on: above 1 the pipeline and `dojo train` run the chunk "
+                         "under `accelerate launch --num_processes N` (data parallel, one share of each step each)", 1)
+    distributed: Literal["ddp", "fsdp2"] = doc(
+        "with more than one process: ddp (a full replica per GPU) or fsdp2 (parameters, gradients and AdamW state "
+        "sharded across the GPUs: full fine-tuning of a model one GPU cannot hold; CUDA only)", "ddp")
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,10 @@ class CurriculumConfig:
     examples_per_file: int = doc("examples per generated curriculum file", 2000)
     seed: int = doc("base seed of generated curriculum files (each file gets the next one)", 1)
     promotion_tolerance: float = doc("largest accuracy drop on a mastered level a promotion may cause", 0.05)
+    replay_share: float = doc("share of each curriculum file drawn from mastered levels, against forgetting "
+                              "(plateaus add to it, up to 0.5)", 0.2)
+    plateau_evals: int = doc("evaluations at the training level without a new best that make a plateau (raise "
+                             "replay, rest the skill; recorded in state/curriculum.json); 0 = off", 5)
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,12 @@ class PipelineConfig:
     zombie_window_seconds: int = doc("a run with no heartbeat for this long is marked Crashed (>= 3x heartbeat)",
                                      120)
     max_failures: int = doc("consecutive failed chunks after which train/continuous stops", 3)
+    # repr=False: a config printed or logged whole never shows the database password (to_dict redacts it)
+    database_url: str = field(default="", repr=False, metadata={"doc": (
+        "the Prefect server's database: empty = SQLite under the root; postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB "
+        "for several hosts ($DOJO_DATABASE_URL overrides it; the password is always shown as ***)")})
+    eval_concurrency: int = doc("runs the eval pool runs at once across all its workers: the number of eval "
+                                "workers (dojo worker, one GPU set each); the train pool always allows 1", 1)
 
 
 @dataclass(frozen=True)
@@ -224,6 +239,10 @@ class EvalConfig:
     batch_size: int = doc("prompts per batched greedy generation", 64)
     max_new_tokens: int = doc("generation budget per answer (BIN level 7 answers need ~90 tokens)", 128)
     show_failures: int = doc("wrong answers kept per level in the report", 10)
+    mastered_every: int = doc("evaluate mastered levels on every Nth checkpoint of a skill (and always before a "
+                              "promotion); 1 = every checkpoint", 3)
+    overfit_gap: float = doc("leaderboard warns of overfitting when validation loss minus training loss grew over "
+                             "the last 3 evaluated checkpoints and exceeds this", 0.5)
 
 
 @dataclass(frozen=True)
@@ -261,6 +280,27 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class SparConfig:
+    after: Literal["every", "promoted", "off"] = doc(
+        "which checkpoints evaluate/checkpoint spars with: every evaluated one (training continues from the newest, "
+        "so its mistakes are the ones to fix), only promoted ones, or none", "every")
+    problems: int = doc("fresh problems asked per sparring round (at most half a small level's space)", 100)
+    max_age_steps: int = doc("a sparring file is retired unclaimed when the newest checkpoint is more than this many "
+                             "steps past the one it came from", 1000)
+    max_share: float = doc("sparring's largest share of the examples trained over the last share_window chunks; "
+                           "beyond it sparring files wait and the curriculum trains (1 = no cap)", 0.25)
+    share_window: int = doc("trained chunks the sparring share is measured over (state/stream.json)", 20)
+    idle_max_utilization: float = doc("GPU-idle gate: a background job starts only below this NVML utilisation (%)",
+                                      40.0)
+    idle_min_free_memory: float = doc("GPU-idle gate: and only with at least this share of GPU memory free", 0.30)
+    idle_samples: int = doc("GPU-idle gate: readings that must all be idle", 5)
+    idle_sample_seconds: float = doc("GPU-idle gate: seconds between those readings", 1.0)
+    idle_retry_seconds: float = doc("GPU-idle gate: seconds to wait after a busy verdict before looking again", 30.0)
+    idle_timeout_seconds: float = doc("GPU-idle gate: give up (the run fails, saying why) after this many seconds "
+                                      "busy", 1800.0)
+
+
+@dataclass(frozen=True)
 class Config:
     storage: StorageConfig = doc("where data, checkpoints and state live", default_factory=StorageConfig)
     model: ModelConfig = doc("the model being trained", default_factory=ModelConfig)
@@ -277,6 +317,8 @@ class Config:
                              default_factory=ServeConfig)
     retention: RetentionConfig = doc("what `dojo maintenance` and maintenance/daily remove, and what they never do",
                                      default_factory=RetentionConfig)
+    spar: SparConfig = doc("sparring: wrong answers of a checkpoint queued as lessons; stale and share guards; "
+                           "the GPU-idle gate (docs/sparring.md)", default_factory=SparConfig)
 
     @property
     def remote(self) -> str | None:
@@ -294,6 +336,7 @@ class Config:
         prints."""
         data = json.loads(json.dumps(dataclasses.asdict(self)))
         data["storage"]["options"] = _redacted(data["storage"]["options"])
+        data["pipeline"]["database_url"] = redact_url(data["pipeline"]["database_url"])
         return data
 
 
@@ -323,6 +366,10 @@ def _check_values(cfg: Config) -> None:
         ("train.epochs", cfg.train.epochs > 0.0, "a number > 0"),
         ("train.log_every", cfg.train.log_every >= 1, "an integer >= 1"),
         ("train.cpu_threads", cfg.train.cpu_threads >= 0, "an integer >= 0"),
+        ("train.processes", cfg.train.processes >= 1, "an integer >= 1"),
+        ("train.distributed", cfg.train.distributed != "fsdp2" or (cfg.train.optimizer == "adamw" and not cfg.model.lora),
+         "ddp when train.optimizer is not adamw or model.lora is true (fsdp2 is for full fine-tuning with plain "
+         "AdamW, whose state it shards)"),
         ("masking.min_masked_ratio", 0.0 <= cfg.masking.min_masked_ratio <= 1.0, "a number in [0, 1]"),
         ("masking.max_masked_ratio", cfg.masking.min_masked_ratio <= cfg.masking.max_masked_ratio <= 1.0,
          "a number in [masking.min_masked_ratio, 1]"),
@@ -331,6 +378,8 @@ def _check_values(cfg: Config) -> None:
         ("eval.batch_size", cfg.eval.batch_size >= 1, "an integer >= 1"),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens >= 1, "an integer >= 1"),
         ("eval.show_failures", cfg.eval.show_failures >= 0, "an integer >= 0"),
+        ("eval.mastered_every", cfg.eval.mastered_every >= 1, "an integer >= 1 (1 = every checkpoint)"),
+        ("eval.overfit_gap", cfg.eval.overfit_gap >= 0.0, "a loss difference >= 0"),
         ("curriculum.skills", bool(cfg.curriculum.skills), "a non-empty list of skills"),
         ("curriculum.weights", not cfg.curriculum.weights or len(cfg.curriculum.weights) == len(cfg.curriculum.skills),
          "empty, or one weight per curriculum skill"),
@@ -342,6 +391,8 @@ def _check_values(cfg: Config) -> None:
         ("curriculum.low_water", cfg.curriculum.low_water >= 0, "an integer >= 0"),
         ("curriculum.examples_per_file", cfg.curriculum.examples_per_file >= 1, "an integer >= 1"),
         ("curriculum.promotion_tolerance", 0.0 <= cfg.curriculum.promotion_tolerance <= 1.0, "a number in [0, 1]"),
+        ("curriculum.replay_share", 0.0 <= cfg.curriculum.replay_share <= 0.5, "a number in [0, 0.5]"),
+        ("curriculum.plateau_evals", cfg.curriculum.plateau_evals >= 0, "an integer >= 0 (0 = off)"),
         ("pipeline.port", 1 <= cfg.pipeline.port <= 65535, "a port number"),
         ("pipeline.steps_per_chunk", cfg.pipeline.steps_per_chunk >= 0, "an integer >= 0"),
         ("pipeline.max_chunks", cfg.pipeline.max_chunks >= 0, "an integer >= 0"),
@@ -350,6 +401,7 @@ def _check_values(cfg: Config) -> None:
         ("pipeline.zombie_window_seconds", cfg.pipeline.zombie_window_seconds >= 3 * cfg.pipeline.heartbeat_seconds,
          "an integer >= 3 x pipeline.heartbeat_seconds (a shorter window crashes healthy runs)"),
         ("pipeline.max_failures", cfg.pipeline.max_failures >= 1, "an integer >= 1"),
+        ("pipeline.eval_concurrency", cfg.pipeline.eval_concurrency >= 1, "an integer >= 1"),
         ("train.report_to", all(n in REPORT_TO for n in report_to_names(cfg.train.report_to)) and bool(
             cfg.train.report_to.strip()), "none, or a comma-separated list of " + ", ".join(REPORT_TO)),
         ("serve.host", bool(cfg.serve.host.strip()), "an address such as 127.0.0.1"),
@@ -368,6 +420,16 @@ def _check_values(cfg: Config) -> None:
         ("retention.prefect_days", cfg.retention.prefect_days >= 1.0, "a number of days >= 1"),
         ("retention.log_max_mb", cfg.retention.log_max_mb > 0.0, "a number of MB > 0"),
         ("retention.log_backups", cfg.retention.log_backups >= 1, "an integer >= 1"),
+        ("spar.problems", 1 <= cfg.spar.problems <= 100_000, "an integer in [1, 100000]"),
+        ("spar.max_age_steps", cfg.spar.max_age_steps >= 0, "an integer >= 0"),
+        ("spar.max_share", 0.0 <= cfg.spar.max_share <= 1.0, "a number in [0, 1] (1 = no cap)"),
+        ("spar.share_window", cfg.spar.share_window >= 1, "an integer >= 1"),
+        ("spar.idle_max_utilization", 0.0 < cfg.spar.idle_max_utilization <= 100.0, "a percentage in (0, 100]"),
+        ("spar.idle_min_free_memory", 0.0 <= cfg.spar.idle_min_free_memory <= 1.0, "a number in [0, 1]"),
+        ("spar.idle_samples", cfg.spar.idle_samples >= 1, "an integer >= 1"),
+        ("spar.idle_sample_seconds", cfg.spar.idle_sample_seconds >= 0.0, "a number of seconds >= 0"),
+        ("spar.idle_retry_seconds", cfg.spar.idle_retry_seconds > 0.0, "a number of seconds > 0"),
+        ("spar.idle_timeout_seconds", cfg.spar.idle_timeout_seconds >= 0.0, "a number of seconds >= 0"),
         ("validation.accept_ratio", 0.0 <= cfg.validation.accept_ratio <= 1.0, "a number in [0, 1]"),
         ("validation.max_char_share", 0.0 < cfg.validation.max_char_share <= 1.0, "a number in (0, 1]"),
         ("validation.min_answer_chars", cfg.validation.min_answer_chars >= 0, "an integer >= 0"),
@@ -468,6 +530,56 @@ def _redacted(options):
         return {k: "***" if SECRET_RE.search(k) and not isinstance(v, dict) else _redacted(v)
                 for k, v in options.items()}
     return options
+
+
+DATABASE_SCHEMES = ("postgresql+asyncpg", "sqlite+aiosqlite")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part shown as ``***`` (``scheme://user:***@host:port/db``). The last
+    ``@`` ends the user part, so a password with an unencoded ``@`` or ``/`` is hidden whole too."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return url
+    user = rest[:at].partition(":")[0]
+    return f"{scheme}://{user}:***@{rest[at + 1:]}" if ":" in rest[:at] else url
+
+
+def database_address(url: str) -> tuple[str, int]:
+    """(host, port) of a ``postgresql+asyncpg://`` URL (port 5432 when none is given); ValueError when they are
+    missing or malformed (the message never holds the password)."""
+    rest = url.partition("://")[2]
+    hostpart = rest[rest.rfind("@") + 1:].partition("/")[0]
+    host, colon, port = hostpart.rpartition(":") if not hostpart.endswith("]") else (hostpart, "", "")
+    if not colon:
+        host, port = hostpart, "5432"
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{_show(redact_url(url))} has no valid HOST:PORT")
+    return host, int(port)
+
+
+def _check_database_url(url: str, key: str) -> None:
+    """Refuse a database URL the Prefect server cannot use; the error shows it with its password as ``***``."""
+    if not url:
+        return
+    shown = _show(redact_url(url))
+    use = ("use postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE (or sqlite+aiosqlite:///PATH), or leave it "
+           "empty for SQLite under the storage root")
+    scheme, _, rest = url.partition("://")
+    if scheme not in DATABASE_SCHEMES or not rest or any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError(f"{key}: {shown} is not allowed; {use}")
+    if scheme == "sqlite+aiosqlite":
+        if not rest.startswith("/") or not rest.strip("/"):
+            raise ValueError(f"{key}: {shown} is not allowed; use sqlite+aiosqlite:///ABSOLUTE/PATH/prefect.db")
+        return
+    try:
+        database_address(url)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}; {use}") from None
+    if not rest[rest.rfind("@") + 1:].partition("/")[2].partition("?")[0]:
+        raise ValueError(f"{key}: {shown} names no database; {use}")
 
 
 def _mapping(value, key: str, depth: int = 0) -> dict:
@@ -583,6 +695,12 @@ def from_dict(data: dict | None, base_dir: Path | None = None, env: dict | None 
     if not Path(cfg.model.name_or_path).is_absolute() and model_path.exists():
         # a relative model directory resolves like storage.root; anything else stays a hub id
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=str(model_path.resolve())))
+    db_key = "config pipeline.database_url"
+    if env.get("DOJO_DATABASE_URL", "").strip():       # keeps the database password out of dojo.yaml
+        db_key = "$DOJO_DATABASE_URL"
+        cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(
+            cfg.pipeline, database_url=env["DOJO_DATABASE_URL"].strip()))
+    _check_database_url(cfg.pipeline.database_url, db_key)
     _check_values(cfg)
     return cfg
 

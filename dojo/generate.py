@@ -10,8 +10,13 @@ from dojo.sidecar import write_sidecar
 import skills
 
 
-def generate_file(skill: str, level: int, count: int, seed: int, out: Path, force: bool = False) -> Path:
-    """Write ``count`` chat_sft_v1 examples and their sidecar. Refuses to overwrite unless ``force``."""
+def generate_file(skill: str, level: int, count: int, seed: int, out: Path, force: bool = False,
+                  replay_levels: tuple[int, ...] = (), replay_share: float = 0.0) -> Path:
+    """Write ``count`` chat_sft_v1 examples and their sidecar. Refuses to overwrite unless ``force``.
+
+    ``replay_share`` of the examples (rounded) are drawn from ``replay_levels`` (mastered levels, against
+    forgetting), spread evenly over them and shuffled in with a seeded RNG; the sidecar's params record the
+    share, the levels and the count per level."""
     module = skills.get(skill)
     if level not in module.LEVELS:
         raise ValueError(f"--level {level}: {skill} has levels {list(module.LEVELS)}")
@@ -22,11 +27,28 @@ def generate_file(skill: str, level: int, count: int, seed: int, out: Path, forc
         raise ValueError(f"{out} already exists; pass --force to replace it (dojo never overwrites data silently)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    bad = [lv for lv in replay_levels if lv not in module.LEVELS or lv == level]
+    if bad or not 0.0 <= replay_share <= 1.0:
+        raise ValueError(f"replay: levels {list(replay_levels)} (other levels of {skill}) and a share in [0, 1] "
+                         f"(got {replay_share}) are needed")
+    n_replay = round(count * replay_share) if replay_levels else 0
+    per_level = {lv: n_replay // len(replay_levels) + (i < n_replay % len(replay_levels))
+                 for i, lv in enumerate(replay_levels)} if n_replay else {}
+    problems = module.generate(level, count - n_replay, seed)
+    for lv, n in per_level.items():
+        problems += module.generate(lv, n, seed)
+    if n_replay:
+        import random
+
+        random.Random(f"replay:{skill}:{level}:{seed}").shuffle(problems)
     with open(tmp, "w", encoding="utf-8") as f:
-        for problem in module.generate(level, count, seed):
+        for problem in problems:
             f.write(json.dumps(module.to_chat(problem), ensure_ascii=False) + "\n")
     os.replace(tmp, out)
-    write_sidecar(out, module.GENERATOR_ID, module.GENERATOR_VERSION,
-                  {"skill": skill, "level": level, "count": count, "seed": seed}, count,
+    params = {"skill": skill, "level": level, "count": count, "seed": seed}
+    if replay_levels:
+        params.update(replay_share=replay_share, replay_levels=list(replay_levels),
+                      replay_count={str(lv): n for lv, n in per_level.items()})
+    write_sidecar(out, module.GENERATOR_ID, module.GENERATOR_VERSION, params, count,
                   spec="chat_sft_v1", skill=skill, level=level)
     return out

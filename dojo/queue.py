@@ -571,14 +571,16 @@ def claim_from(cfg, candidates: list[QueueEntry]) -> QueueEntry | None:
     return None
 
 
-def claim(cfg) -> QueueEntry | None:
-    """Atomically take the highest-priority, oldest queued file into processing/; None when the queue is empty."""
+def claim(cfg, skip: Callable[[QueueEntry], bool] | None = None) -> QueueEntry | None:
+    """Atomically take the highest-priority, oldest queued file into processing/; None when the queue is empty.
+    Files for which ``skip(entry)`` is true stay queued, untouched (the sparring share cap)."""
     with _lock(cfg):
-        return claim_from(cfg, queued(cfg))
+        return claim_from(cfg, [e for e in queued(cfg) if skip is None or not skip(e)])
 
 
 def finish(cfg, file_id: str, outcome: str = "done", reason: str | None = None) -> QueueEntry:
-    """processing → done/ or failed/ (failed writes ``{stem}.reason.txt``). Repeating a finish is a no-op."""
+    """processing → done/ or failed/ (failed writes ``{stem}.reason.txt``; so does done with a ``reason``: a file
+    retired without training, e.g. stale sparring data). Repeating a finish is a no-op."""
     if outcome not in ("done", "failed"):
         raise ValueError(f"outcome {outcome!r} is not allowed; use done or failed")
     with _lock(cfg):
@@ -589,6 +591,8 @@ def finish(cfg, file_id: str, outcome: str = "done", reason: str | None = None) 
             raise ValueError(f"{entry.id} is {entry.state}, not processing; only a claimed file can be finished")
         if outcome == "failed":
             return _move_checked(cfg, entry, "failed", reason=reason or "failed (no reason given)", event="failed")
+        if reason is not None:
+            return _move_checked(cfg, entry, "done", reason=reason, event="retired")
         return _move_checked(cfg, entry, "done", event="done")
 
 

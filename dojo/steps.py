@@ -107,28 +107,42 @@ def generate_for_curriculum(cfg, count: int | None = None) -> str:
     """Choose skill and level by the curriculum strategy, generate, and admit through the gate."""
     from dojo.generate import generate_file
 
-    skill, level, seed = next_curriculum_file(cfg)
+    plan = curriculum_plan(cfg)
+    skill, level, seed = plan["skill"], plan["level"], plan["seed"]
     count = count or cfg.curriculum.examples_per_file
     inbox = Path(cfg.root) / "inbox"
-    path = generate_file(skill, level, count, seed, inbox / f"curriculum_{skill}_l{level}_s{seed}.jsonl", force=True)
+    path = generate_file(skill, level, count, seed, inbox / f"curriculum_{skill}_l{level}_s{seed}.jsonl", force=True,
+                         replay_levels=tuple(plan["replay_levels"]), replay_share=plan["replay_share"])
     admission = gate.admit(cfg, path)
     for p in (path, path.with_name(path.stem + ".meta.json")):
         p.unlink(missing_ok=True)     # our own generated copy: the queue holds it now
     verdict = "queued" if admission.accepted else "REJECTED by the gate"
-    return f"generated {count} {skill} level-{level} examples (seed {seed}): {verdict} as {admission.entry.id}"
+    replay = (f", {plan['replay_share']:.0%} replayed from mastered level(s) {plan['replay_levels']}"
+              if plan["replay_levels"] and plan["replay_share"] else "")
+    return (f"generated {count} {skill} level-{level} examples (seed {seed}{replay}): {verdict} as "
+            f"{admission.entry.id}")
 
 
 def next_curriculum_file(cfg) -> tuple[str, int, int]:
-    """(skill, level, seed) of the next curriculum file, counted in ``state/curriculum.json``. A locked
+    """(skill, level, seed) of the next curriculum file (``curriculum_plan``)."""
+    plan = curriculum_plan(cfg)
+    return plan["skill"], plan["level"], plan["seed"]
+
+
+def curriculum_plan(cfg) -> dict:
+    """The next curriculum file: skill, level, seed, and the mastered levels replayed with their share
+    (``curriculum.replay_share`` plus any plateau boost), counted in ``state/curriculum.json``. A locked
     read-modify-write: the eval pool records evaluations in the same file at the same time."""
     c = cfg.curriculum
     with mirror.shared_file(cfg, "state/curriculum.json"):    # the eval pool writes it too
         state = curriculum.load(cfg.root, list(c.skills))
         skill = curriculum.choose_skill(state, c.strategy, list(c.skills), dict(zip(c.skills, c.weights)), c.seed)
         level = curriculum.training_level(state, skill)
+        replay_levels, share = curriculum.replay_plan(state, skill, c.replay_share)
         state["files_generated"] = state.get("files_generated", 0) + 1
         curriculum.save(cfg.root, state)
-    return skill, level, c.seed + state["files_generated"]
+    return {"skill": skill, "level": level, "seed": c.seed + state["files_generated"],
+            "replay_levels": replay_levels if share else [], "replay_share": share}
 
 
 def record_progress(cfg, skill: str, level: int, accuracy: float, checkpoint: str,
@@ -137,14 +151,38 @@ def record_progress(cfg, skill: str, level: int, accuracy: float, checkpoint: st
     the training pool counts generated files in the same file). Returns the new state and the advance, if any."""
     with mirror.shared_file(cfg, "state/curriculum.json"):    # the training pool writes it too
         state = curriculum.load(cfg.root, list(cfg.curriculum.skills))
-        advance = curriculum.record_eval(state, skill, level, accuracy, checkpoint, step,
-                                         cfg.curriculum.window, cfg.curriculum.threshold)
+        c = cfg.curriculum
+        open_skills = [s for s in c.skills if s in state["skills"] and not curriculum.mastered(state, s)]
+        advance = curriculum.record_eval(state, skill, level, accuracy, checkpoint, step, c.window, c.threshold,
+                                         c.plateau_evals, c.strategy in ("equal", "catch_up") and len(open_skills) > 1)
         curriculum.save(cfg.root, state)
     return state, advance
 
 
+def _is_spar_entry(entry) -> bool:
+    from dojo import spar
+
+    try:
+        return spar.is_spar(read_sidecar(entry.path))
+    except ValueError:                     # a broken sidecar: queue.claim_from sends it to failed/ with the reason
+        return False
+
+
 def claim(cfg) -> Claimed | None:
-    entry = queue.claim(cfg)
+    """The highest-priority, oldest queued file, into processing/. While sparring is over its share
+    (``dojo.spar.over_cap``) sparring files are skipped — they wait in the queue — and when nothing else is
+    queued a curriculum file is generated and claimed instead."""
+    from dojo import spar
+
+    skip = _is_spar_entry if spar.over_cap(cfg) else None
+    entry = queue.claim(cfg, skip)
+    if entry is None and skip is not None and any(skip(e) for e in queue.queued(cfg)):
+        share = spar.share(cfg)
+        log.info("sparring is %.0f%% of the last %d chunks' examples, one more would pass spar.max_share %.0f%%: "
+                 "sparring files wait, the curriculum trains", 100 * share["share"], share["chunks"],
+                 100 * share["max_share"])
+        log.info("queue top-up: %s", generate_for_curriculum(cfg))
+        entry = queue.claim(cfg, skip)
     if entry is None:
         return None
     meta = read_sidecar(entry.path) or {}
@@ -176,6 +214,14 @@ def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> CheckOutcome:
 
     path = Path(claimed.path)
     meta = read_sidecar(path) or {}
+    from dojo import spar
+
+    stale = spar.staleness(cfg, meta)
+    if stale is not None:                  # the model has moved on: retired to done/ with the reason, not trained
+        queue.finish(cfg, claimed.id, "done", stale)
+        log.warning("%s (%s) retired: %s", claimed.id, claimed.name, stale)
+        return CheckOutcome(False, None, {"outcome": "retired", "reason": stale, "rejected_by_rule": {},
+                                          "warnings_by_rule": {}}, f"{claimed.name}: retired, not trained: {stale}")
     reused = reusable_verdict(cfg, claimed, meta)
     if reused is not None:
         return CheckOutcome(True, str(path), reused,
@@ -215,7 +261,20 @@ def check_claimed(cfg, claimed: Claimed, tokenizer=None) -> CheckOutcome:
 
 
 def finish_trained(cfg, claimed: Claimed, outcome: CheckOutcome) -> None:
-    """The chunk is saved: the file is done (and a split-off training copy removed — its lines are the file's)."""
+    """The chunk is saved: the file is done (and a split-off training copy removed — its lines are the file's).
+    The chunk's examples are recorded for the sparring share (``dojo.spar.record_chunk``)."""
+    from dojo import spar
+    from model.checkpoint import candidates, read_ledger
+
+    newest = (candidates(cfg.root) or [None])[-1]          # the chunk just saved (by name: nothing is hashed)
+    ledger = read_ledger(newest) if newest is not None else {}
+    files = ledger.get("data_files") or [{}]
+    examples = ledger.get("examples_trained", 0) if files[0].get("sha256") == outcome.train_sha256 else 0
+    try:
+        is_spar = spar.is_spar(read_sidecar(claimed.path))
+    except ValueError:
+        is_spar = False
+    spar.record_chunk(cfg, claimed.id, examples, is_spar, newest.name if newest is not None else None)
     queue.finish(cfg, claimed.id, "done")
     if outcome.train_file and Path(outcome.train_file).name.startswith(".train-"):
         t = Path(outcome.train_file)
@@ -225,8 +284,12 @@ def finish_trained(cfg, claimed: Claimed, outcome: CheckOutcome) -> None:
 
 # ---------------------------------------------------------------- evaluation side
 def evaluate_and_promote(cfg, checkpoint: str) -> dict:
-    """Score a checkpoint on every level up to its skill's training level, record curriculum progress
-    (advance on the mean of the last evals), and decide promotion. Returns what happened."""
+    """Score a checkpoint at its skill's training level, and on the mastered levels below it every
+    ``eval.mastered_every``-th evaluation of the skill or whenever it would be promoted (it beats the promoted one
+    at the training level): the regression guard never decides on a skipped level. Record curriculum progress
+    (advance, plateau), decide promotion, score the transfer probes of a promoted checkpoint, append the
+    leaderboard row and find regressions against the best checkpoint per mastered level. Returns what happened."""
+    from dojo import leaderboard
     from model.checkpoint import read_ledger
     from model.evaluate import evaluate, resolve_checkpoint
 
@@ -236,24 +299,90 @@ def evaluate_and_promote(cfg, checkpoint: str) -> dict:
     skill = ledger.get("skill") if ledger.get("skill") in skills else skills[0]
     state = curriculum.load(cfg.root, skills)
     level = curriculum.training_level(state, skill)
-    report = evaluate(cfg, path, skill, list(range(1, level + 1)))
-    levels = report["skills"][skill]["levels"]
+    below = [lv for lv in range(1, state["skills"][skill]["level"] + 1) if lv != level]    # mastered
+    due = cfg.eval.mastered_every <= 1 or len(state["skills"][skill]["history"]) % cfg.eval.mastered_every == 0
+    asked = below + [level] if due else [level]
+    levels = {lv: r for lv, r in evaluate(cfg, path, skill, asked)["skills"][skill]["levels"].items()
+              if int(lv) in asked}
+    forced = False
+    if below and not due and _would_promote(promotion.current(cfg.root), skill, level, levels[str(level)]["accuracy"]):
+        forced = True                           # the guard must see every mastered level before a promotion
+        report = evaluate(cfg, path, skill, below)
+        levels.update({lv: r for lv, r in report["skills"][skill]["levels"].items() if int(lv) in below})
+    levels = dict(sorted(levels.items(), key=lambda x: int(x[0])))
     scores = {lv: r["accuracy"] for lv, r in levels.items()}
+    skipped = [lv for lv in below if str(lv) not in scores]
     state, advance = record_progress(cfg, skill, level, scores[str(level)], path.name, ledger["step"])
-    mastered = list(range(1, state["skills"][skill]["level"] + 1))
+    mastered = [lv for lv in range(1, state["skills"][skill]["level"] + 1) if lv != level]
+    tolerance = cfg.curriculum.promotion_tolerance
     with mirror.shared_file(cfg, *promotion.POINTERS):   # decide against the pointer as it is when we write it
-        decision = promotion.decide(path.name, scores, promotion.current(cfg.root), skill, level,
-                                    [lv for lv in mastered if lv != level], cfg.curriculum.promotion_tolerance)
+        decision = promotion.decide(path.name, scores, promotion.current(cfg.root), skill, level, mastered, tolerance)
+        unseen = [lv for lv in mastered if str(lv) not in scores]
+        if decision.promote and unseen:          # the pointer changed since we looked (a rollback): stay sound
+            decision = promotion.Decision(False, path.name, decision.previous, skill, level,
+                                          f"mastered level(s) {unseen} were not evaluated and the promoted "
+                                          f"checkpoint changed during evaluation; the next evaluation decides")
         promotion.apply(cfg.root, decision, str(path), {skill: scores})
+    probe = None
+    if decision.promote:
+        try:
+            probe = probe_scores(cfg, path, ledger)
+        except Exception as exc:                 # noqa: BLE001 - the promotion stands; the probe is reported missing
+            log.warning("transfer probes of %s failed: %r", path.name, exc)
+            probe = {"error": repr(exc)[:500]}
+    with mirror.shared_file(cfg, leaderboard.REL):
+        rows = leaderboard.load(cfg.root)
+        found = leaderboard.regressions(rows, skill, scores, mastered, tolerance)
+        row = leaderboard.make_row(path.name, ledger["step"], skill, level, scores, skipped, decision.promote,
+                                   ledger.get("train_loss"), ledger.get("val_loss"), probe)
+        leaderboard.append(cfg.root, row)
+    rows.append(row)
     return {"checkpoint": path.name, "step": ledger["step"], "skill": skill, "training_level": level,
-            "levels": levels, "advance": advance, "promoted": decision.promote, "reason": decision.reason,
-            "decision_markdown": decision.markdown(), "curriculum": state}
+            "levels": levels, "skipped_levels": skipped, "forced_mastered_eval": forced, "advance": advance,
+            "promoted": decision.promote, "reason": decision.reason, "decision_markdown": decision.markdown(),
+            "curriculum": state, "regressions": found, "probe": probe,
+            "overfitting": leaderboard.overfitting(rows, cfg.eval.overfit_gap),
+            "leaderboard": leaderboard.table_rows(leaderboard.ranked(rows, skill, 20))}
+
+
+def _would_promote(pointer: dict | None, skill: str, level: int, accuracy: float) -> bool:
+    """Whether ``accuracy`` at the training level beats the promoted checkpoint (promotion.decide's first test)."""
+    return pointer is None or accuracy > pointer.get("eval", {}).get(skill, {}).get(str(level), -1.0)
+
+
+BASE_PROBES = "state/probes-base.json"
+
+
+def probe_scores(cfg, path: Path, ledger: dict) -> dict:
+    """Transfer-probe score of a checkpoint with the base model's score (measured once per base model and probe
+    version, cached in ``state/probes-base.json``) and the delta."""
+    from dojo.storage import read_json, write_json
+    from model.evaluate import run_probes
+    from skills.probes import PROBES_VERSION
+
+    base_id = {"model": cfg.model.name_or_path, "init": cfg.model.init, "version": PROBES_VERSION}
+    cached = read_json(Path(cfg.root) / BASE_PROBES, expect=dict, what="base-model probe scores")
+    if not cached or {k: cached.get(k) for k in base_id} != base_id:
+        if cfg.model.init == "random":           # no pretrained weights: the base knows nothing by construction
+            cached = {**base_id, "score": 0.0, "by_task": {}, "note": "model.init random: the base scores 0"}
+        else:
+            cached = {**base_id, **run_probes(cfg, cfg.model.name_or_path)}
+        write_json(Path(cfg.root) / BASE_PROBES, cached)
+        mirror.push_file(cfg, BASE_PROBES)
+    result = run_probes(cfg, path, ledger)
+    return {**result, "base": cached["score"], "delta": round(result["score"] - cached["score"], 6)}
 
 
 def curriculum_rows(state: dict) -> list[dict]:
     rows = []
     for skill, s in state["skills"].items():
         recent = [h["accuracy"] for h in s["history"]][-3:]
+        p = s.get("plateau", {})
+        last = (s.get("plateau_actions") or [{}])[-1]
         rows.append({"skill": skill, "mastered_level": s["level"], "training_level": curriculum.training_level(state, skill),
-                     "evals": len(s["history"]), "last_3": ", ".join(f"{a:.3f}" for a in recent)})
+                     "evals": len(s["history"]), "last_3": ", ".join(f"{a:.3f}" for a in recent),
+                     "best_at_level": "-" if p.get("best") is None else f"{p['best']:.3f}",
+                     "evals_since_best": p.get("since_best", 0), "replay_boost": p.get("replay_boost", 0.0),
+                     "resting_files": p.get("rest", 0),
+                     "last_plateau_action": (f"{last['time']}: {last['action']} — {last['reason']}" if last else "-")})
     return rows

@@ -409,11 +409,12 @@ def load_state(folder: Path, name: str):
 
 # ---------------------------------------------------------------- writing
 def save_checkpoint(root: Path, step: int, model, tokenizer, ledger: dict, training_state: dict | None,
-                    now: dt.datetime | None = None) -> Path:
+                    now: dt.datetime | None = None, state_dict: dict | None = None) -> Path:
     """Write a complete checkpoint under a temporary name, then rename it into place. Returns its path.
 
     ``training_state`` maps a name (``optimizer``, ``scheduler``, ``rng``, ``trainer``) to a nested state; None
-    stores weights only. Refuses to overwrite an existing checkpoint.
+    stores weights only. ``state_dict``: the weights to write instead of the model's own (FSDP2: the full state
+    gathered from the shards). Refuses to overwrite an existing checkpoint.
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     name = canonical_name(step, now)
@@ -425,7 +426,7 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, ledger: dict, train
     tmp = folder / f".tmp-{name}-{os.getpid()}"
     tmp.mkdir()
     try:
-        model.save_pretrained(tmp)   # safetensors is the only format transformers 5 writes
+        model.save_pretrained(tmp, state_dict=state_dict)   # safetensors is the only format transformers 5 writes
         tokenizer.save_pretrained(tmp)
         if training_state is not None:
             (tmp / STATE_DIR).mkdir()

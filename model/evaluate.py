@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,6 +86,55 @@ def eval_set_note(skill, level: int) -> str:
     return f"{len(skill.eval_problems(level))} fixed problems held out from all training data"
 
 
+@dataclass
+class Generator:
+    """A model loaded for greedy answers, rendered exactly as in training: the checkpoint's recorded system prompt
+    and profile (or the config's for a base model), the chat template and a no-thinking generation prompt. Used
+    by the evaluation and the transfer probes, so both see the same generation path."""
+    model: object
+    tokenizer: object
+    profile: object
+    system_prompt: str
+    batch_size: int
+
+    @classmethod
+    def load(cls, cfg: Config, path: str | Path, ledger: dict | None = None) -> "Generator":
+        ledger = ledger or {}
+        profile = get_profile(ledger.get("profile", "none") if ledger else cfg.data.profile)
+        system_prompt = ledger.get("system_prompt") or resolve_profile(profile.name, cfg.data.system_prompt)[1]
+        runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)   # no Liger: generation only
+        cpu_threads(cfg, runtime)
+        tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
+        model = load_model(path, runtime, cfg.model.trust_remote_code, trainable=False, merge_adapter=True)
+        return cls(model, tokenizer, profile, system_prompt, cfg.eval.batch_size)
+
+    def answer(self, messages: list[list[dict]], max_new_tokens: int) -> list[str]:
+        """Greedy completions of each conversation (its user turn(s), no system prompt), the profile's answer
+        text not yet extracted."""
+        prompts = [generation_prompt(with_system_prompt(m, self.system_prompt), self.tokenizer) for m in messages]
+        processors = LogitsProcessorList(self.profile.logit_processors(self.tokenizer))
+        return greedy_generate(self.model, self.tokenizer, prompts, self.batch_size, max_new_tokens,
+                               processors or None)
+
+
+PROBE_MAX_NEW_TOKENS = 32       # every probe answer is a few tokens
+
+
+def run_probes(cfg: Config, path: str | Path, ledger: dict | None = None) -> dict:
+    """Score the transfer probes (``skills.probes``) for a model directory, a checkpoint or a hub id, through the
+    evaluation's generation path. Returns ``skills.probes.summary`` plus the seconds taken."""
+    from skills import probes
+
+    started = time.monotonic()
+    gen = Generator.load(cfg, path, ledger)
+    items = probes.problems()
+    outputs = gen.answer([[{"role": "user", "content": p.prompt}] for p in items],
+                         min(cfg.eval.max_new_tokens, PROBE_MAX_NEW_TOKENS))
+    result = probes.summary(items, [gen.profile.answer_text(o) for o in outputs])
+    result["seconds"] = round(time.monotonic() - started, 2)
+    return result
+
+
 def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", levels: list[int] | None = None) -> dict:
     """Score ``checkpoint`` on the eval sets of ``levels``; write the report and the ledger. Returns the report."""
     skill = skills.get(skill_name)
@@ -96,21 +146,13 @@ def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", level
     bad = [lv for lv in levels if lv not in skill.LEVELS]
     if bad:
         raise ValueError(f"--levels: {bad} not in {skill_name}'s levels {list(skill.LEVELS)}")
-    profile = get_profile(ledger.get("profile", "none") if ledger else cfg.data.profile)
-    system_prompt = ledger.get("system_prompt") or resolve_profile(profile.name, cfg.data.system_prompt)[1]
-    runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)   # no Liger: generation only
-    cpu_threads(cfg, runtime)
-    tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
-    model = load_model(path, runtime, cfg.model.trust_remote_code, trainable=False, merge_adapter=True)
+    gen = Generator.load(cfg, path, ledger)
+    profile = gen.profile
     started = time.monotonic()
     results = {}
     for level in levels:
         problems = skill.eval_problems(level)
-        prompts = [generation_prompt(with_system_prompt(skill.to_chat(p)["messages"][:1], system_prompt), tokenizer)
-                   for p in problems]
-        processors = LogitsProcessorList(profile.logit_processors(tokenizer))
-        outputs = greedy_generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                                  processors or None)
+        outputs = gen.answer([skill.to_chat(p)["messages"][:1] for p in problems], cfg.eval.max_new_tokens)
         scores = [skill.score(profile.answer_text(o), p) for o, p in zip(outputs, problems)]
         correct = sum(s.correct for s in scores)
         failures = [{"prompt": p.prompt, "expected": p.completion, "output": o, "reason": s.reason}
@@ -125,7 +167,7 @@ def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", level
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
     report.update({"checkpoint": path.name, "path": str(path.resolve()), "step": ledger.get("step"),
-                   "system_prompt": system_prompt,
+                   "system_prompt": gen.system_prompt,
                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     report.setdefault("skills", {})[skill_name] = {
         "generator": f"{skill.GENERATOR_ID}@{skill.GENERATOR_VERSION}",

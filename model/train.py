@@ -12,12 +12,23 @@ out for validation loss (by content hash, the same ones every chunk), best-fit-d
 masking validators on the real packed rows (a structural fault refuses to train; the plan and the verdict are
 cached with the entry). Rows are built on demand from the memory-mapped examples, in a seeded order, epoch
 after epoch.
+
+More than one process (``accelerate launch --num_processes K -m dojo.cli train FILE``, or ``train.processes``
+in the pipeline; docs/training.md "More than one GPU"): every rank chooses the same rows for a step
+(micro_batch x grad_accum x K of them) and trains its own contiguous share; the loss is divided by the step's
+global trained-token count (counted on the host from all the step's rows, so no collective is needed for it),
+so the gradient — and the reported loss — equal one process training the same rows with grad_accum x K. Rank 0
+alone takes the locks, logs, writes the checkpoint and the ledger; the others wait for it and return the same
+path. ``train.distributed: fsdp2`` shards parameters, gradients and optimizer state (FSDP2) instead of
+replicating them (DDP).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -96,6 +107,11 @@ def lr_factor(train_cfg) -> Callable[[int], float]:
     return factor
 
 
+def row_trained_tokens(row: PackedRow) -> int:
+    """``trained_tokens`` of one packed row, counted from its host-side labels without collating it."""
+    return sum(1 for label in row.labels[1:] if label != IGNORE)
+
+
 def trained_tokens(labels: torch.Tensor) -> int:
     """Tokens the loss is computed on (labels[:, 1:] that are not IGNORE). Call it on the CPU labels, before the
     copy to the device: on a GPU, reading a count back is a host sync."""
@@ -143,20 +159,25 @@ def evaluate_loss(model, rows: list[PackedRow], pad_id: int, batch_size: int, de
 class StepBatch:
     """One optimizer step's data, collated on the host: its micro-batches (CPU tensors, pinned for a CUDA copy)
     and the counts the loop needs, taken here so the hot loop never reads a number back from the device."""
-    micro: list[dict[str, torch.Tensor]]
-    tokens: int           # trained tokens over the whole step (the loss is their token-weighted mean)
-    examples: int
-    row_tokens: int       # real tokens in the rows (throughput)
+    micro: list[dict[str, torch.Tensor]]   # this process's share of the step
+    tokens: int           # trained tokens over the whole step, all processes (the loss is their token-weighted mean)
+    examples: int         # over the whole step, all processes
+    row_tokens: int       # real tokens in the step's rows, all processes (throughput)
 
 
 def make_step_batch(rows: list[PackedRow], micro_batch_size: int, pad_id: int, width: int | None = None,
-                    pin: bool = False) -> StepBatch:
+                    pin: bool = False, rank: int = 0, processes: int = 1) -> StepBatch:
     """Collate a step's rows into micro-batches of ``micro_batch_size`` rows (padded to ``width`` when given:
-    flex_attention compiles for one shape)."""
-    micro = [collate(rows[k:k + micro_batch_size], pad_id, width) for k in range(0, len(rows), micro_batch_size)]
+    flex_attention compiles for one shape). With ``processes`` > 1, ``rows`` are the whole step's rows and this
+    process (``rank``) collates only its contiguous share — the very micro-batches one process would train in
+    that place — while the counts cover every share."""
+    share = len(rows) // processes
+    assert share * processes == len(rows), f"{len(rows)} rows do not split into {processes} equal shares"
+    mine = rows[rank * share:(rank + 1) * share]
+    micro = [collate(mine[k:k + micro_batch_size], pad_id, width) for k in range(0, len(mine), micro_batch_size)]
     if pin:
         micro = [{k: v.pin_memory() for k, v in m.items()} for m in micro]
-    return StepBatch(micro, sum(trained_tokens(m["labels"]) for m in micro), sum(len(r.examples) for r in rows),
+    return StepBatch(micro, sum(row_trained_tokens(r) for r in rows), sum(len(r.examples) for r in rows),
                      sum(len(r) for r in rows))
 
 
@@ -211,14 +232,21 @@ def train_step(model, step: StepBatch, optimizers, schedulers, accelerator, *, f
     Each micro-batch is copied to the device (``non_blocking``: pinned host memory on CUDA), its summed loss is
     divided by the step's trained tokens (counted on the host, so the result does not depend on how a step is
     split into micro-batches) and back-propagated through accelerate; then gradient clipping, every optimizer
-    and scheduler step. Returns the step's summed loss as a device tensor: nothing here waits for the device.
+    and scheduler step. Returns this process's summed loss as a device tensor: nothing here waits for the device.
+
+    With K processes (DDP or FSDP2) ``step.tokens`` counts the whole step, and the loss is multiplied by K
+    because the gradient reduction averages over the processes: the reduced gradient is then the sum over all
+    the step's rows divided by their tokens — one process's gradient. Only the last micro-batch's backward
+    reduces (``no_sync`` before it), once per step.
     """
     device = accelerator.device
     total = torch.zeros((), device=device)
-    for cpu in step.micro:
+    processes, last = accelerator.num_processes, len(step.micro) - 1
+    for i, cpu in enumerate(step.micro):
         batch = {k: v.to(device, non_blocking=True) for k, v in cpu.items()}
-        s = summed_loss(model, batch, fused)
-        accelerator.backward(s / max(1, step.tokens))
+        with contextlib.nullcontext() if i == last or processes == 1 else accelerator.no_sync(model):
+            s = summed_loss(model, batch, fused)
+            accelerator.backward(s * processes / max(1, step.tokens))
         total += s.detach().float()
     if max_grad_norm > 0:
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -246,10 +274,39 @@ def prepare_model_for_training(model, checkpointing: bool, compile_layers: bool)
     return model
 
 
-def make_accelerator(runtime):
+def world() -> tuple[int, int]:
+    """(rank, number of processes) as ``accelerate launch`` (torchrun) set them in the environment; (0, 1) when
+    this process was started alone. Read before the process group exists (the locks are rank 0's)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def fsdp2_plugin():
+    """accelerate's FSDP2 plugin for dojo: each decoder layer (and the root) sharded with ``fully_shard``,
+    parameters resharded after forward, full state dicts for saving (gathered to rank 0; offloaded to the CPU)."""
+    from accelerate import FullyShardedDataParallelPlugin
+
+    return FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True,
+                                          auto_wrap_policy="transformer_based_wrap",
+                                          state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False,
+                                          activation_checkpointing=False)
+
+
+def make_accelerator(runtime, distributed: str = "ddp"):
+    """The accelerate ``Accelerator`` for this process: plain (one process), DDP (``accelerate launch`` with K
+    processes), or FSDP2 (``distributed="fsdp2"``, which needs a launched process: accelerate builds FSDP only for
+    a distributed GPU run, never on the CPU)."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=runtime.device == "cpu", mixed_precision="no")
+    if distributed != "fsdp2":
+        return Accelerator(cpu=runtime.device == "cpu", mixed_precision="no")
+    if runtime.device != "cuda":
+        raise ValueError(f"train.distributed is fsdp2, which needs CUDA GPUs (accelerate builds FSDP only for a GPU "
+                         f"job), but this process trains on {runtime.device}; set train.distributed: ddp here")
+    if "LOCAL_RANK" not in os.environ:
+        raise ValueError("train.distributed is fsdp2, which needs a launched process (accelerate builds FSDP only "
+                         "for a launched job, one process included): `dojo train` and the pipeline launch it, or run "
+                         "`accelerate launch --use_fsdp --fsdp_version 2 --num_processes K -m dojo.cli train FILE`")
+    return Accelerator(mixed_precision="no", fsdp_plugin=fsdp2_plugin())
 
 
 def make_schedulers(optimizers, train_cfg) -> list:
@@ -269,6 +326,65 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def saved_rng_states(state: dict) -> list[dict]:
+    """The per-process RNG states of a checkpoint's ``rng`` entry: ``{"ranks": [...]}`` written by K > 1
+    processes, or one process's state (a single-process run, and every checkpoint from before)."""
+    return list(state["ranks"]) if "ranks" in state else [state]
+
+
+# ---------------------------------------------------------------- processes
+def share_from_main(value):
+    """Rank 0's ``value`` on every process (a broadcast: every rank waits for rank 0 here)."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def optimizer_states(accelerator, model, optimizers, mode: str) -> list[dict]:
+    """Every optimizer's state dict as one process would write it. FSDP2: the full (unsharded) state, gathered
+    from the shards to CPU memory (a collective), so the checkpoint does not depend on the process count."""
+    if mode != "fsdp2":
+        return [o.state_dict() for o in optimizers]
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return [get_optimizer_state_dict(model, o.optimizer, options=options) for o in optimizers]
+
+
+def load_sharded_optimizers(model, optimizers, states: list[dict]) -> None:
+    """Load full, name-keyed optimizer states (``optimizer_states`` of an FSDP2 chunk) into the sharded
+    optimizers after ``accelerator.prepare``: each rank keeps its shard of every moment."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    for o, st in zip(optimizers, states):
+        set_optimizer_state_dict(model, o.optimizer, optim_state_dict=st, options=options)
+
+
+def tied_duplicates(model, fsdp2: bool = False) -> set[str]:
+    """Parameter names that are another name's very tensor (tied embeddings: ``lm_head.weight``), which a saved
+    checkpoint holds once. For FSDP2 the tie must be real: accelerate maps the parameters by name when it shards
+    them, and a model whose config ties the embeddings but whose weights are two tensors fails there with a bare
+    KeyError (accelerate issue 3870) — so the tie is re-applied, and refused with a reason when it cannot be."""
+    def duplicates() -> set[str]:
+        seen, dups = set(), set()
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if id(p) in seen:
+                dups.add(name)
+            seen.add(id(p))
+        return dups
+
+    dups = duplicates()
+    if fsdp2 and getattr(model.config, "tie_word_embeddings", False) and not dups:
+        model.tie_weights()
+        dups = duplicates()
+        if not dups:
+            raise ValueError("the model's config.json says tie_word_embeddings: true, but its input and output "
+                             "embeddings are separate tensors, which FSDP2 cannot shard (accelerate issue 3870); set "
+                             "tie_word_embeddings to false in the model's config.json if the weights really differ")
+    return dups
 
 
 # ---------------------------------------------------------------- the chunk
@@ -322,10 +438,15 @@ def train_chunk(cfg: Config, data_file: str | Path, steps: int | None = None,
     """Train one chunk on ``data_file`` and write a checkpoint under ``cfg.root``. See the module docstring.
 
     Only one chunk trains per storage root at a time (an flock under ``state/``): two would fork the lineage.
+    Under ``accelerate launch`` rank 0 holds the lock, the lease and the tracker run for the whole job, and
+    only rank 0 calls ``on_progress``; every rank returns the same result.
     """
     from dojo.storage import exclusive_lock
     from model import trackers
 
+    if world()[0] != 0:
+        logging.getLogger("dojo").setLevel(logging.WARNING)   # rank 0 tells the story; the others only warn
+        return _train_chunk(cfg, Path(data_file), steps, None, sha256)
     with exclusive_lock(cfg.root / "state" / "train.lock", "a training chunk"), \
             mirror.exclusive_lease(cfg, "train", "a training chunk"), trackers.lineage_run(cfg) as run:
         def progress(p: dict) -> None:
@@ -347,7 +468,14 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
         raise ValueError(f"--steps must be >= 1, got {steps}")
     runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation, cfg.model.liger)
     cpu_threads(cfg, runtime)
-    parent = ckpt.latest(cfg, set_aside=True)   # the newest valid (URL root: committed) one
+    t = cfg.train
+    accelerator = make_accelerator(runtime, t.distributed)   # joins the process group under accelerate launch
+    processes, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    mode = t.distributed if processes > 1 or t.distributed == "fsdp2" else "none"
+    # the newest valid (URL root: committed) checkpoint; rank 0 looks (it may set broken ones aside), all follow
+    parent = ckpt.latest(cfg, set_aside=True) if main else None
+    if processes > 1:
+        parent = share_from_main(parent)
     source = parent or cfg.model.name_or_path
     checkpointing, checkpointing_why = memory_plan(cfg, runtime, source)
     log.info("gradient checkpointing %s: %s", "on" if checkpointing else "off", checkpointing_why)
@@ -357,12 +485,14 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     parent_ledger = ckpt.read_ledger(parent) if parent else {}
     if parent:
         check_same_base(parent, parent_ledger, cfg)
-    log.info("chunk on %s, starting from %s", data_file, source)
+    log.info("chunk on %s, starting from %s (%d process%s, %s)", data_file, source, processes,
+             "" if processes == 1 else "es", mode)
 
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     profile, system_prompt = resolve_profile(cfg.data.profile, cfg.data.system_prompt)
     log.info("profile %s, system prompt: %r", profile.name, system_prompt)
-    data: PreparedData = prepare(cfg, data_file, tokenizer, sha256)
+    with accelerator.main_process_first():   # rank 0 builds the tokenized cache entry, the others read it
+        data: PreparedData = prepare(cfg, data_file, tokenizer, sha256)
     file_sha = data.data.meta["sha256"]
     require_ok(data.masking)
     for warning in data.masking.warnings:
@@ -380,11 +510,11 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     if cfg.model.lora and not is_adapter:
         model = add_lora(model, cfg.model)
     model = prepare_model_for_training(model, checkpointing, cfg.model.compile)
-    t = cfg.train
     optimizers, split = build_optimizers(model, t, runtime.device)
     schedulers = make_schedulers(optimizers, t)
 
     global_step, epoch, offset = parent_ledger.get("step", 0), 0, 0
+    saved_opts = None
     if parent and ckpt.has_training_state(parent):
         state_dir = parent / ckpt.STATE_DIR
         saved_opts, saved_scheds = ckpt.load_state(state_dir, "optimizer"), ckpt.load_state(state_dir, "scheduler")
@@ -392,24 +522,43 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
             raise ValueError(f"config train.optimizer is {t.optimizer}, but {parent.name} was trained with "
                              f"{parent_ledger.get('runtime', {}).get('optimizer')}; its optimizer state cannot be "
                              f"resumed (use another DOJO_HOME, or set train.optimizer back)")
-        for o, st in zip(optimizers, saved_opts):
-            o.load_state_dict(st)
+        # FSDP2 checkpoints hold full optimizer states keyed by parameter name (loaded into the shards after
+        # prepare, below); the others torch's own per-index states. Between the two, the optimizer restarts.
+        parent_mode = parent_ledger.get("distributed", {}).get("mode", "none")
+        if (parent_mode == "fsdp2") != (mode == "fsdp2"):
+            log.warning("%s was trained with %s, this chunk runs %s: its optimizer state is kept in another layout, "
+                        "so AdamW restarts (weights, schedule, step and data position resume)", parent.name,
+                        parent_mode, mode)
+            saved_opts = None
+        elif mode != "fsdp2":
+            for o, st in zip(optimizers, saved_opts):
+                o.load_state_dict(st)
         for sc, st in zip(schedulers, saved_scheds):
             sc.load_state_dict(st)
         trainer = ckpt.read_trainer_state(parent)
-        set_rng_state(ckpt.load_state(state_dir, "rng"))
+        rngs = saved_rng_states(ckpt.load_state(state_dir, "rng"))
+        if len(rngs) != processes:
+            log.warning("%s was trained by %d process(es), this chunk runs %d: weights, optimizer, schedule, step "
+                        "and data position resume exactly, but RNG continuity is lost (each process is seeded "
+                        "from train.seed, the step and its rank)", parent.name, len(rngs), processes)
+            torch.manual_seed(t.seed + global_step + rank)
+            random.seed(t.seed + global_step + rank)
+        else:
+            set_rng_state(rngs[rank])
         if trainer["data"]["sha256"] == file_sha:
             epoch, offset = trainer["data"]["epoch"], trainer["data"]["offset"]
             log.info("resuming inside %s at epoch %d, row %d", data_file.name, epoch, offset)
     else:
         if parent:
             log.warning("%s has no optimizer state: weights resume, optimizer and schedule start fresh", parent.name)
-        torch.manual_seed(t.seed)
-        random.seed(t.seed)
+        torch.manual_seed(t.seed + rank)
+        random.seed(t.seed + rank)
 
-    accelerator = make_accelerator(runtime)
+    tied = tied_duplicates(model, mode == "fsdp2")
     model, *optimizers = accelerator.prepare(model, *optimizers)
-    rows_per_step = t.micro_batch_size * t.grad_accum
+    if mode == "fsdp2" and saved_opts is not None:
+        load_sharded_optimizers(model, optimizers, saved_opts)
+    rows_per_step = t.micro_batch_size * t.grad_accum * processes   # every process trains its own share
     if steps is None:
         steps = max(1, math.ceil(t.epochs * data.n_rows / rows_per_step))
     stream = RowStream(data.n_rows, t.seed, epoch, offset)
@@ -425,7 +574,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     pin = runtime.device == "cuda"
 
     def make(indices):
-        return make_step_batch(data.rows(indices), t.micro_batch_size, pad_id, width, pin)
+        return make_step_batch(data.rows(indices), t.micro_batch_size, pad_id, width, pin, rank, processes)
 
     device = accelerator.device
     chunk_loss, window_loss = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -443,24 +592,26 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
             chunk_tokens, window_tokens = chunk_tokens + step.tokens, window_tokens + step.tokens
             window_row_tokens += step.row_tokens
             if (i + 1) % t.log_every == 0 or i + 1 == steps:   # the one read-back from the device per log interval
-                window_sum = float(window_loss)               # waits for the device: the rate counts its work
+                window_sum = float(accelerator.reduce(window_loss, "sum"))   # all processes' loss: waits for the
+                # device (the rate counts its work); a no-op collective with one process
                 rate = window_row_tokens / max(1e-9, time.monotonic() - window_start)
                 progress = {"step": global_step, "chunk_step": i + 1, "chunk_steps": steps,
                             "loss": window_sum / max(1, window_tokens), "lr": schedulers[-1].get_last_lr()[0],
                             "epoch": epochs[i], "tokens_per_s": rate}
                 log.info("step %d (%d/%d) loss %.4f lr %.2e epoch %d", global_step, i + 1, steps, progress["loss"],
                          progress["lr"], epochs[i])
-                if on_progress:
+                if on_progress and main:
                     on_progress(progress)
                 window_loss.zero_()
                 window_tokens = window_row_tokens = 0
                 window_start = time.monotonic()
     finally:   # an error or a cancel mid-chunk also stops the prefetch thread
         steps_ahead.close()
-    chunk_loss = float(chunk_loss)
+    chunk_loss = float(accelerator.reduce(chunk_loss, "sum"))
 
     raw_model = accelerator.unwrap_model(model)
-    val_loss = evaluate_loss(raw_model, data.val_rows(), pad_id, t.micro_batch_size, runtime.device)
+    # every rank evaluates (FSDP2's forward needs them all); the same rows give each the same number
+    val_loss = evaluate_loss(raw_model, data.val_rows(), pad_id, t.micro_batch_size, accelerator.device)
     meta = read_sidecar(data_file) or {}
     file_record = {"path": str(data_file.resolve()), "sha256": file_sha, "examples": data.examples,
                    "val_examples": data.val_examples, "generator": meta.get("generator"),
@@ -494,6 +645,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
                                                    "compile": cfg.model.compile,
                                                    "optimizer": t.optimizer, "lora": cfg.model.lora},
         "optimizer_split": split,
+        "distributed": {"processes": processes, "mode": mode},
         "config": cfg.to_dict(),
         "system_prompt": system_prompt,
         "profile": profile.name,
@@ -502,14 +654,26 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     }
     state = None
     if t.save_optimizer:
-        state = {"optimizer": [o.state_dict() for o in optimizers], "scheduler": [sc.state_dict() for sc in schedulers],
-                 "rng": rng_state(runtime.device),
+        rng = rng_state(runtime.device)
+        if processes > 1:   # every process's own RNG, gathered to rank 0 (a collective: all ranks take part)
+            from accelerate.utils import gather_object
+
+            rng = {"ranks": gather_object([rng])}
+        state = {"optimizer": optimizer_states(accelerator, model, optimizers, mode),
+                 "scheduler": [sc.state_dict() for sc in schedulers], "rng": rng,
                  "trainer": {"global_step": global_step,
                              "data": {"sha256": file_sha, "epoch": stream.epoch, "offset": stream.offset}}}
-    raw_model.config.use_cache = True   # saved configs should generate with a cache
-    path = ckpt.save_checkpoint(cfg.root, global_step, raw_model, tokenizer, ledger, state)
-    mirror.push_checkpoint(cfg, path)     # a URL root: committed on the store (manifest last), else a no-op
-    log.info("wrote %s (train loss %.4f, val loss %s)", path.name, ledger["train_loss"],
-             f"{val_loss:.4f}" if val_loss is not None else "n/a")
+    weights = None
+    if mode == "fsdp2":   # the full weights, gathered to rank 0's CPU memory (a collective); tied names once
+        weights = {k: v for k, v in accelerator.get_state_dict(model).items() if k not in tied}
+    path = None
+    if main:
+        raw_model.config.use_cache = True   # saved configs should generate with a cache
+        path = ckpt.save_checkpoint(cfg.root, global_step, raw_model, tokenizer, ledger, state, state_dict=weights)
+        mirror.push_checkpoint(cfg, path)     # a URL root: committed on the store (manifest last), else a no-op
+        log.info("wrote %s (train loss %.4f, val loss %s)", path.name, ledger["train_loss"],
+                 f"{val_loss:.4f}" if val_loss is not None else "n/a")
+    if processes > 1:
+        path = share_from_main(path)   # the others wait here until rank 0 has written (or failed: torchrun ends all)
     return ChunkResult(path, global_step, steps, ledger["train_loss"], val_loss, examples_trained,
                        int(chunk_tokens), time.monotonic() - started)

@@ -7,6 +7,14 @@ the training level (checkpoint, step, accuracy, time). A skill advances when the
 advance. Strategies choose the skill to generate for: ``equal`` (round robin), ``focus`` (the first skill in
 priority order until mastered), ``weighted`` (random by weight, seeded), ``catch_up`` (lowest level first).
 
+Plateaus: each skill also keeps ``plateau`` (the best accuracy at the training level since it was reached, the
+evaluations since that best, the replay boost and the turns it rests) and ``plateau_actions`` (every action
+with its reason and time). When ``plateau_evals`` evaluations in a row do not beat the best, ``record_eval``
+acts: it raises the share of mastered-level problems replayed in curriculum files by ``REPLAY_STEP`` (up to
+``MAX_REPLAY``) when there is a mastered level, and under ``equal``/``catch_up`` with another open skill it
+rests the skill for ``REST_TURNS`` generated files so the others train. A new best, or an advance, resets the
+boost and the rest (recorded too). Files without these keys (written before plateaus existed) load as they are.
+
 Plain functions over plain dicts, written atomically; no Prefect, no torch. ``load`` checks the file before
 anything uses it (a regular file, not too big, JSON, the shape above) and names it in every error; skills sit
 below dojo in the layers, so this is a local check rather than ``dojo.storage.read_json``.
@@ -26,6 +34,9 @@ WINDOW = 3
 THRESHOLD = 0.80
 STRATEGIES = ("equal", "focus", "weighted", "catch_up")
 MAX_STATE_BYTES = 64 << 20      # as dojo.storage.MAX_STATE_BYTES
+REPLAY_STEP = 0.1               # replay share added per plateau
+MAX_REPLAY = 0.5                # replay share never exceeds this: the training level keeps half of each file
+REST_TURNS = 2                  # generated files a plateaued skill sits out (equal / catch_up, >1 open skill)
 
 
 def state_path(root: Path) -> Path:
@@ -69,6 +80,13 @@ def _shape_problem(state) -> str | None:
             return f"skill {skill!r}: 'history' must be a list of evaluations with a level and an accuracy in [0, 1]"
         if not isinstance(s.get("advanced_at"), list) or not all(_is_count(i) for i in s["advanced_at"]):
             return f"skill {skill!r}: 'advanced_at' must be a list of integers >= 0"
+        p = s.get("plateau", {})      # optional: files written before plateaus existed have none
+        if not isinstance(p, dict) or not (p.get("best") is None or _is_accuracy(p["best"])) or not all(
+                _is_count(p.get(k, 0)) for k in ("since_best", "rest")) or not _is_accuracy(p.get("replay_boost", 0.0)):
+            return (f"skill {skill!r}: 'plateau' must hold best (an accuracy or null), since_best and rest (integers "
+                    f">= 0) and replay_boost (in [0, 1])")
+        if not isinstance(s.get("plateau_actions", []), list):
+            return f"skill {skill!r}: 'plateau_actions' must be a list"
     return None
 
 
@@ -129,18 +147,72 @@ def training_level(state: dict, skill: str) -> int:
     return min(state["skills"][skill]["level"] + 1, top)
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def plateau(state: dict, skill: str) -> dict:
+    """The skill's plateau record (created with its defaults for a state written before plateaus existed)."""
+    p = state["skills"][skill].setdefault("plateau", {})
+    for key, value in (("best", None), ("since_best", 0), ("replay_boost", 0.0), ("rest", 0)):
+        p.setdefault(key, value)
+    state["skills"][skill].setdefault("plateau_actions", [])
+    return p
+
+
+def _reset_plateau(state: dict, skill: str, level: int, checkpoint: str, why: str, best) -> None:
+    p = plateau(state, skill)
+    if p["replay_boost"] or p["rest"]:
+        state["skills"][skill]["plateau_actions"].append({
+            "time": _now(), "level": level, "checkpoint": checkpoint, "action": "reset",
+            "reason": f"{why}: replay boost {p['replay_boost']:.2f} and rest {p['rest']} cleared"})
+    p.update(best=best, since_best=0, replay_boost=0.0, rest=0)
+
+
+def _on_plateau(state: dict, skill: str, level: int, checkpoint: str, evals: int, can_switch: bool) -> dict:
+    """Act on a plateau at ``level``: raise replay when a level is mastered, rest the skill when another can
+    train; record the action and its reason."""
+    p = plateau(state, skill)
+    done, why = [], f"{evals} evaluations at level {level} without beating the best {p['best']:.3f}"
+    if level > 1 and p["replay_boost"] < MAX_REPLAY:
+        p["replay_boost"] = round(min(MAX_REPLAY, p["replay_boost"] + REPLAY_STEP), 6)
+        done.append(f"replay boost +{REPLAY_STEP} to {p['replay_boost']:.2f}")
+    if can_switch:
+        p["rest"] = REST_TURNS
+        done.append(f"switch: rest {skill} for {REST_TURNS} generated files")
+    action = {"time": _now(), "level": level, "checkpoint": checkpoint,
+              "action": "; ".join(done) or "none",
+              "reason": why if done else (f"{why}; nothing to change (no mastered level to replay, and no other "
+                                          f"skill to switch to under this strategy)")}
+    state["skills"][skill]["plateau_actions"].append(action)
+    p["since_best"] = 0
+    return action
+
+
 def record_eval(state: dict, skill: str, level: int, accuracy: float, checkpoint: str, step: int,
-                window: int = WINDOW, threshold: float = THRESHOLD) -> dict | None:
+                window: int = WINDOW, threshold: float = THRESHOLD, plateau_evals: int = 0,
+                can_switch: bool = False) -> dict | None:
     """Append an evaluation at the training level; advance when the window's mean clears the threshold.
 
     Evaluations at other levels are not history for advancement (they are regression checks). Returns the
     advance record ``{skill, from_level, to_level, mean, checkpoint}`` when the skill advanced, else None.
+    ``plateau_evals`` > 0: after that many evaluations in a row without a new best at the training level, act
+    (``_on_plateau``; ``can_switch`` when the strategy may rest this skill for another); a new best resets.
     """
     s = state["skills"][skill]
     if level != training_level(state, skill):
         return None
     s["history"].append({"level": level, "accuracy": accuracy, "checkpoint": checkpoint, "step": step,
-                         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+                         "time": _now()})
+    p = plateau(state, skill)
+    if p["best"] is None or accuracy > p["best"]:
+        if p["best"] is not None:
+            _reset_plateau(state, skill, level, checkpoint, f"improved to {accuracy:.3f} from {p['best']:.3f}", accuracy)
+        p["best"], p["since_best"] = accuracy, 0
+    else:
+        p["since_best"] += 1
+        if plateau_evals and p["since_best"] >= plateau_evals:
+            _on_plateau(state, skill, level, checkpoint, p["since_best"], can_switch)
     since = s["advanced_at"][-1] if s["advanced_at"] else 0
     recent = [h["accuracy"] for h in s["history"][since:] if h["level"] == level][-window:]
     # 1e-9: a mean of exactly the threshold (e.g. .5 .95 .95) must not fail on float rounding
@@ -148,8 +220,19 @@ def record_eval(state: dict, skill: str, level: int, accuracy: float, checkpoint
         return None
     s["level"] = level
     s["advanced_at"].append(len(s["history"]))
+    _reset_plateau(state, skill, level, checkpoint, f"advanced past level {level}", None)
     return {"skill": skill, "from_level": level, "to_level": training_level(state, skill),
             "mean": sum(recent) / window, "checkpoint": checkpoint}
+
+
+def replay_plan(state: dict, skill: str, base_share: float) -> tuple[list[int], float]:
+    """(mastered levels to replay, share of a file drawn from them): ``base_share`` (curriculum.replay_share)
+    plus the plateau boost, at most ``MAX_REPLAY``; nothing when no level below the training level is mastered."""
+    levels = list(range(1, training_level(state, skill)))
+    if not levels:
+        return [], 0.0
+    boost = state["skills"][skill].get("plateau", {}).get("replay_boost", 0.0)
+    return levels, min(MAX_REPLAY, max(base_share, 0.0) + boost)
 
 
 def mastered(state: dict, skill: str) -> bool:
@@ -163,6 +246,11 @@ def choose_skill(state: dict, strategy: str, priority: list[str], weights: dict[
     if not skills:
         raise ValueError("the curriculum has no skills configured")
     open_skills = [s for s in skills if not mastered(state, s)] or skills
+    resting = [s for s in open_skills if state["skills"][s].get("plateau", {}).get("rest", 0) > 0]
+    if resting and len(resting) < len(open_skills):     # a plateaued skill sits out while another can train
+        for s in resting:
+            state["skills"][s]["plateau"]["rest"] -= 1
+        open_skills = [s for s in open_skills if s not in resting]
     turn = state.get("turn", 0)
     state["turn"] = turn + 1
     if strategy == "equal":

@@ -60,14 +60,15 @@ def check_claimed(cfg, claimed: steps.Claimed) -> steps.CheckOutcome:
     create_table_artifact(key="lineage-stats", table=lineage_stats.generator_rows(stats) or [{"generator": "none"}],
                           description="Rejections per generator@version")
     if not outcome.accepted:
-        get_run_logger().warning("claim-time check rejected %s:\n%s", claimed.name, outcome.report)
+        verdict = "retired" if v.get("outcome") == "retired" else "rejected"      # retired: stale sparring data
+        get_run_logger().warning("claim-time check %s %s:\n%s", verdict, claimed.name, outcome.report)
     return outcome
 
 
 @task(**OPTS)
 def train_chunk(cfg, train_file: str, steps: int | None, sha256: str | None = None) -> dict:
     """One chunk; a progress artifact while it trains and the masking report after."""
-    from model.train import train_chunk as run_chunk
+    from model.launch import LaunchError, run_chunk   # here, or a train.processes-process accelerate job
     from validation.masking import MaskingError
 
     logger, steps_log = get_run_logger(), step_log(cfg)
@@ -86,9 +87,13 @@ def train_chunk(cfg, train_file: str, steps: int | None, sha256: str | None = No
             logger.info("%s (every step: %s)", line, cfg.root / STEP_LOG)
 
     try:
-        result = run_chunk(cfg, train_file, steps=steps, on_progress=on_progress, sha256=sha256)
+        result = run_chunk(cfg, train_file, steps=steps, on_progress=on_progress, sha256=sha256,
+                           on_output=lambda line: steps_log.info("%s %s", train_file, line))
     except MaskingError as exc:
         create_markdown_artifact(key="masking-report", markdown=f"# Masking FAILED\n\n```\n{exc.report.format()}\n```")
+        raise
+    except LaunchError as exc:      # a train.processes job: its ranks' errors (a masking failure among them)
+        create_markdown_artifact(key="masking-report", markdown=f"# Training job FAILED\n\n```\n{exc}\n```")
         raise
     from model.checkpoint import read_ledger
 
@@ -122,19 +127,52 @@ def evaluate_and_promote(cfg, checkpoint: str) -> dict:
     out = steps.evaluate_and_promote(cfg, checkpoint)
     rows = [{"skill": out["skill"], "level": int(lv), "accuracy": round(r["accuracy"], 4), "correct": r["correct"],
              "n": r["n"], "overlaps_training": r["overlaps_training"]} for lv, r in out["levels"].items()]
+    rows += [{"skill": out["skill"], "level": lv, "accuracy": "skipped (eval.mastered_every)", "correct": "-",
+              "n": "-", "overlaps_training": "-"} for lv in out["skipped_levels"]]
     curves = f"Learning curves: [the Oracle]({oracle.url(cfg)}) (`dojo serve`, or `serve.enabled: true`)"
+    skipped = (f" Mastered level(s) {out['skipped_levels']} skipped this time (eval.mastered_every)."
+               if out["skipped_levels"] else "")
     create_table_artifact(key=f"eval-{out['skill']}", table=rows,
-                          description=f"Eval of {out['checkpoint']}. {curves}")
+                          description=f"Eval of {out['checkpoint']}.{skipped} {curves}")
+    create_table_artifact(key="leaderboard", table=out["leaderboard"] or [{"rank": "none"}],
+                          description=f"Leaderboard of {out['skill']}: ranked by training level, then accuracy "
+                                      f"there (`dojo leaderboard`)")
+    report_regressions(cfg, out)
     create_markdown_artifact(key="promotion-decision", markdown=f"{out['decision_markdown']}\n{curves}\n")
     trackers.log_evaluation(cfg, out)                                  # train.report_to
     create_table_artifact(key="curriculum-state", table=steps.curriculum_rows(out["curriculum"]),
-                          description="Curriculum: mastered and training level per skill")
+                          description="Curriculum: mastered and training level per skill, plateau actions")
     logger = get_run_logger()
+    if out["overfitting"]:
+        logger.warning("%s", out["overfitting"])
+    if out["probe"]:
+        logger.info("transfer probes: %s", {k: out["probe"].get(k) for k in ("score", "base", "delta", "error")})
     logger.info("%s: %s", out["checkpoint"], ", ".join(f"L{r['level']} {r['accuracy']:.3f}" for r in rows))
     if out["advance"]:
         logger.info("curriculum advanced: %s", out["advance"])
     logger.info("promotion: %s — %s", "promoted" if out["promoted"] else "not promoted", out["reason"])
     return {k: v for k, v in out.items() if k not in ("curriculum", "decision_markdown")}
+
+
+def report_regressions(cfg, out: dict) -> None:
+    """Each regression on a mastered level: a ``dojo.regression`` event (resource: the checkpoint), a markdown
+    artifact and a warning log line. An automation can notify on the event (docs/operations.md)."""
+    from prefect.events import emit_event
+
+    from dojo.leaderboard import regression_markdown
+
+    if not out["regressions"]:
+        return
+    for r in out["regressions"]:
+        emit_event("dojo.regression", resource={"prefect.resource.id": f"dojo.checkpoint.{out['checkpoint']}",
+                                                "prefect.resource.name": out["checkpoint"]},
+                   payload={"checkpoint": out["checkpoint"], "step": out["step"], "skill": r["skill"],
+                            "level": r["level"], "best": r["best"], "best_checkpoint": r["best_checkpoint"],
+                            "accuracy": r["accuracy"], "tolerance": r["tolerance"]})
+        get_run_logger().warning("regression: %s scores %.3f on %s level %d, %.3f below the best %.3f (%s)",
+                                 out["checkpoint"], r["accuracy"], r["skill"], r["level"], r["drop"], r["best"],
+                                 r["best_checkpoint"])
+    create_markdown_artifact(key="regression", markdown=regression_markdown(out["checkpoint"], out["regressions"]))
 
 
 @task(retries=2, retry_delay_seconds=5, **OPTS)

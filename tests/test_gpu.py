@@ -84,3 +84,48 @@ def test_packed_logits_equal_alone_on_cuda(attn):
                 alone = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
                 torch.testing.assert_close(logits[offset:offset + n], alone, rtol=1e-4, atol=1e-4)
                 offset += n
+
+
+def test_fsdp2_chunk_saves_a_plain_checkpoint_and_resumes(tmp_path):
+    """FSDP2 (train.distributed: fsdp2) on one GPU: `model.launch.run_chunk` launches `accelerate launch --use_fsdp
+    --fsdp_version 2 --num_processes 1 -m dojo.cli train`; the checkpoint is a plain HF safetensors model (the tiny
+    Qwen3's tied embeddings stored once) whose weights load with transformers and match a plain one-process chunk
+    (fp32; 1e-2 absorbs an Adam first-step sign flip on a near-zero gradient, ~2 x lr), and a second chunk resumes
+    the sharded AdamW state and continues the lineage. Hardware: one CUDA GPU; 2 x 24 GB for Qwen3-4B."""
+    from transformers import AutoModelForCausalLM
+
+    from model import checkpoint as ckpt
+    from model.launch import run_chunk
+
+    data = generate_file("bin", 1, 60, 3, tmp_path / "d.jsonl")
+    sections = {"model": {"dtype": "float32", "attn_implementation": "sdpa", "liger": "off"},
+                "train": {"optimizer": "adamw", "log_every": 1}}
+    sharded = cfg_for(tmp_path / "fsdp2", model=sections["model"], train=sections["train"] | {"distributed": "fsdp2"})
+    plain = cfg_for(tmp_path / "plain", **sections)
+    seen = []
+    first = run_chunk(sharded, data, steps=3, on_progress=seen.append)
+    reference = train_chunk(plain, data, steps=3)
+    assert [p["chunk_step"] for p in seen] == [1, 2, 3]
+    assert ckpt.verify_checkpoint(first.checkpoint) == []
+    ledger = ckpt.read_ledger(first.checkpoint)
+    assert ledger["distributed"] == {"processes": 1, "mode": "fsdp2"} and ledger["has_optimizer_state"]
+    saved = load_file(str(first.checkpoint / "model.safetensors"))
+    assert "lm_head.weight" not in saved, "tied embeddings are stored once, as transformers writes them"
+    loaded = AutoModelForCausalLM.from_pretrained(first.checkpoint, dtype=torch.float32)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    for name, tensor in loaded.state_dict().items():
+        key = "model.embed_tokens.weight" if name == "lm_head.weight" else name
+        torch.testing.assert_close(tensor, saved[key].float(), rtol=0, atol=0, msg=name)
+    ref = load_file(str(reference.checkpoint / "model.safetensors"))
+    assert saved.keys() == ref.keys()
+    for k in saved:
+        torch.testing.assert_close(saved[k], ref[k], rtol=0, atol=1e-2, msg=k)
+    assert first.train_loss == pytest.approx(reference.train_loss, rel=1e-3)
+
+    second = run_chunk(sharded, data, steps=3)
+    reference2 = train_chunk(plain, data, steps=3)
+    assert second.step == 6 and ckpt.read_ledger(second.checkpoint)["parent"] == first.checkpoint.name
+    assert second.train_loss == pytest.approx(reference2.train_loss, rel=1e-2)
+    a, b = load_file(str(second.checkpoint / "model.safetensors")), load_file(str(reference2.checkpoint / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=2e-2, msg=k)

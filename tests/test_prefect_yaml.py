@@ -10,6 +10,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"train/continuous": ("{{ $DOJO_TRAIN_POOL }}", "rtx4090"),
             "evaluate/checkpoint": ("{{ $DOJO_EVAL_POOL }}", "rtx3090"),
+            "spar/checkpoint": ("{{ $DOJO_EVAL_POOL }}", "rtx3090"),
             "curriculum/scheduled": ("{{ $DOJO_EVAL_POOL }}", None),
             "maintenance/daily": ("{{ $DOJO_EVAL_POOL }}", None)}
 

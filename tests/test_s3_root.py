@@ -199,3 +199,17 @@ def test_one_trainer_per_root_across_hosts(tmp_path, root):
     with mirror.exclusive_lease(b, "train", "a training chunk"):      # an expired lease is taken over
         assert json.loads(st.read("locks/train"))["pid"] == os.getpid()
     assert not st.exists("locks/train")
+
+
+def test_the_stacks_runs_load_the_same_remote_root(tmp_path):
+    """`dojo up` on an s3:// root: the flow runs its workers start must load the config with the same remote root
+    (and so pull and push the store), not take the local working copy for a plain local root."""
+    from deployments import stack
+
+    cfg = host(tmp_path, "a", "s3://dojo-test/stack")
+    env = stack.stack_env(cfg)
+    assert env["DOJO_HOME"] == "s3://dojo-test/stack"
+    again = config.from_dict({**SMALL, "storage": {"cache": str(tmp_path / "a")}}, env={"DOJO_HOME": env["DOJO_HOME"]})
+    assert (again.remote, again.root) == (cfg.remote, cfg.root)
+    local = config.from_dict({"storage": {"root": str(tmp_path / "home")}}, env={})
+    assert stack.stack_env(local)["DOJO_HOME"] == str(local.root)

@@ -109,9 +109,10 @@ def test_deployment_run_trains_and_hands_off_to_the_eval_pool(stack):
     assert run.work_pool_name == "t-train"
     (first,) = ckpt.list_checkpoints(cfg.root)
     with client() as c:
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName
 
-        evals = c.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["checkpoint"])))
+        evals = c.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["checkpoint"])),
+                                 flow_filter=FlowFilter(name=FlowFilterName(any_=["evaluate"])))   # not spar/checkpoint
         assert evals, "train/continuous did not hand the checkpoint to evaluate/checkpoint"
         assert evals[0].parameters["checkpoint"] == str(first)
         done = wait_state(evals[0].id, lambda s: s.is_final(), 300)

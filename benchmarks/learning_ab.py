@@ -1,0 +1,228 @@
+"""Learning A/B: does sparring, replay, or both make the unattended loop learn faster or forget less?
+
+    .venv/bin/python benchmarks/learning_ab.py [--minutes 15] [--configs baseline,spar,replay,both] [--write]
+
+Runs the real loop — ``flows.train_continuous.continuous`` with ``hand_off="inline"`` and ``max_hours``, so
+every checkpoint goes through evaluate/checkpoint (and sparring, when on) in-process — on the tiny model for a
+fixed wall time per configuration, each on a fresh temporary storage root with the same seeds, under
+``prefect_test_harness`` (a temporary local server; ``--no-harness`` uses the current Prefect API instead).
+The settings are the repo's ``dojo.yaml`` (what ``dojo up`` runs) with only these changed:
+
+| configuration | spar.after | curriculum.replay_share |
+|---|---|---|
+| baseline | off | 0 |
+| spar     | every | 0 |
+| replay   | off | 0.2 (``--replay``) |
+| both     | every | 0.2 |
+
+Per configuration it records: time to master each level (from ``state/curriculum.json``: the evaluation that
+advanced it), evaluations and promotions, final accuracy per level (the last evaluation and the promoted
+checkpoint), and sparring files queued / trained / retired (sidecars of ``spar@…`` files; trained = sparring
+chunks in ``state/stream.json``; retired = sparring files finished as stale). It prints a markdown table;
+``--write`` appends it to docs/benchmarks.md with the command, the machine, the date and the wall time per
+configuration. The table says what happened in this run; with one seed and 15 minutes it is an indication, not
+a statistic.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CONFIGS = {"baseline": {"spar": "off", "replay": False}, "spar": {"spar": "every", "replay": False},
+           "replay": {"spar": "off", "replay": True}, "both": {"spar": "every", "replay": True}}
+
+
+def config_file(folder: Path, name: str, args) -> Path:
+    """The repo's dojo.yaml with this configuration's storage root, seeds, sparring and replay."""
+    data = yaml.safe_load((ROOT / "dojo.yaml").read_text(encoding="utf-8")) or {}
+    setup = CONFIGS[name]
+    data["storage"] = {"root": str(folder / "root")}
+    data.setdefault("train", {})["seed"] = args.seed
+    curriculum = data.setdefault("curriculum", {})
+    curriculum.update(seed=args.seed, replay_share=args.replay if setup["replay"] else 0.0)
+    if args.examples_per_file:
+        curriculum["examples_per_file"] = args.examples_per_file
+    data["spar"] = {**data.get("spar", {}), "after": setup["spar"]}
+    if args.steps_per_chunk:
+        data.setdefault("pipeline", {})["steps_per_chunk"] = args.steps_per_chunk
+    for item in args.set:                      # the same for every configuration
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        data.setdefault(section, {})[name] = yaml.safe_load(value)
+    path = folder / "dojo.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def spar_counts(cfg) -> dict:
+    """Sparring files queued (ever), trained (chunks in state/stream.json) and retired (finished as stale)."""
+    from dojo import queue
+    from dojo.sidecar import read_sidecar
+
+    try:
+        from dojo.spar import is_spar
+    except ImportError:                       # a tree without sparring
+        return {"queued": 0, "trained": 0, "retired": 0}
+    queued = retired = 0
+    for entry in queue.list_entries(cfg):
+        try:
+            meta = read_sidecar(entry.path)
+        except ValueError:
+            continue
+        if not is_spar(meta):
+            continue
+        queued += 1
+        reason = entry.path.with_name(entry.path.stem + ".reason.txt")
+        if entry.state == "done" and reason.is_file() and "stale" in reason.read_text(errors="replace"):
+            retired += 1
+    stream = Path(cfg.root) / "state" / "stream.json"
+    chunks = json.loads(stream.read_text()).get("chunks", []) if stream.is_file() else []
+    return {"queued": queued, "trained": sum(1 for c in chunks if c.get("spar") is True), "retired": retired}
+
+
+def collect(cfg_path: Path, started: dt.datetime, wall: float, chunks: int) -> dict:
+    """What a finished configuration did, read from its storage root."""
+    from dojo import config, leaderboard, promotion
+
+    cfg = config.load(str(cfg_path))
+    state = json.loads((cfg.root / "state" / "curriculum.json").read_text()) if (
+        cfg.root / "state" / "curriculum.json").is_file() else {"skills": {}}
+    mastered = {}
+    for skill, s in state["skills"].items():
+        for n, index in enumerate(s.get("advanced_at", []), 1):
+            when = _time(s["history"][index - 1].get("time")) if 0 < index <= len(s["history"]) else None
+            mastered[f"{skill} L{n}"] = round((when - started).total_seconds() / 60, 1) if when else None
+    rows = leaderboard.load(cfg.root)
+    last = rows[-1]["accuracy"] if rows else {}
+    pointer = promotion.current(cfg.root) or {}
+    return {"wall_min": round(wall / 60, 2), "chunks": chunks, "evals": len(rows),
+            "promotions": sum(1 for d in promotion.history(cfg.root) if d.get("promote")),
+            "mastered_min": mastered, "last_eval": last, "promoted_eval": pointer.get("eval", {}),
+            "spar": spar_counts(cfg)}
+
+
+def run_config(name: str, args, keep: Path | None = None) -> dict:
+    from flows.train_continuous import continuous
+
+    folder = Path(tempfile.mkdtemp(prefix=f"dojo-ab-{name}-", dir=keep))
+    try:
+        cfg_path = config_file(folder, name, args)
+        started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
+        chunks = continuous(max_hours=args.minutes / 60, hand_off="inline", config=str(cfg_path))
+        result = collect(cfg_path, started, time.monotonic() - t0, chunks)
+        result["root"] = str(folder / "root") if keep else None
+        return result
+    finally:
+        if keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _accuracy(scores: dict) -> str:
+    return "; ".join(f"{skill} " + " ".join(f"L{lv}={a:.2f}" for lv, a in sorted(by.items(), key=lambda x: int(x[0])))
+                     for skill, by in scores.items()) or "-"
+
+
+def table(results: dict[str, dict], args) -> str:
+    lines = ["| configuration | spar.after | replay_share | wall (min) | chunks | evals | promotions | "
+             "mastered at (min) | last eval | promoted | spar files queued / trained / retired |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        setup = CONFIGS[name]
+        mastered = ", ".join(f"{k}: {v}" for k, v in r["mastered_min"].items()) or "none"
+        s = r["spar"]
+        lines.append(f"| {name} | {setup['spar']} | {args.replay if setup['replay'] else 0} | {r['wall_min']} | "
+                     f"{r['chunks']} | {r['evals']} | {r['promotions']} | {mastered} | {_accuracy(r['last_eval'])} | "
+                     f"{_accuracy(r['promoted_eval'])} | {s['queued']} / {s['trained']} / {s['retired']} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.node() or 'host'}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=15.0, help="wall time per configuration (default 15)")
+    parser.add_argument("--configs", default="baseline,spar,replay,both",
+                        help=f"comma-separated, from {', '.join(CONFIGS)}")
+    parser.add_argument("--seed", type=int, default=1, help="train.seed and curriculum.seed of every configuration")
+    parser.add_argument("--replay", type=float, default=0.2, help="curriculum.replay_share when replay is on")
+    parser.add_argument("--steps-per-chunk", type=int, default=0, help="pipeline.steps_per_chunk (0: dojo.yaml's)")
+    parser.add_argument("--examples-per-file", type=int, default=0, help="curriculum.examples_per_file (0: default)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="another config value for every configuration (repeatable), e.g. eval.max_new_tokens=24")
+    parser.add_argument("--keep", type=Path, help="keep each configuration's storage root under this folder")
+    parser.add_argument("--no-harness", action="store_true", help="use the current Prefect API, not a temporary one")
+    parser.add_argument("--write", action="store_true", help="append the result to docs/benchmarks.md")
+    parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown or not names:
+        parser.error(f"--configs: {unknown or 'none given'}; use names from {', '.join(CONFIGS)}")
+    if args.minutes <= 0:
+        parser.error("--minutes must be > 0")
+    bad = [item for item in args.set if "=" not in item or "." not in item.partition("=")[0]]
+    if bad:
+        parser.error(f"--set {bad[0]!r}: use SECTION.KEY=VALUE, e.g. eval.max_new_tokens=24")
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.pop("DOJO_HOME", None)          # each configuration's dojo.yaml names its own root
+
+    def run_all() -> dict:
+        results = {}
+        for name in names:
+            print(f"== {name}: {args.minutes} min", flush=True)
+            results[name] = run_config(name, args, args.keep)
+            print(json.dumps(results[name]), flush=True)
+        return results
+
+    if args.no_harness:
+        results = run_all()
+    else:
+        from prefect.testing.utilities import prefect_test_harness
+
+        with prefect_test_harness(server_startup_timeout=120):
+            results = run_all()
+    text = table(results, args)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if args.write:
+        command = "python benchmarks/learning_ab.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        walls = ", ".join(f"{n} {r['wall_min']} min" for n, r in results.items())
+        with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
+            f.write(f"\n## Learning A/B: sparring and replay ({dt.date.today().isoformat()})\n\n"
+                    f"`{command.strip()}` on {machine()}; wall time per configuration: {walls}. Tiny model, "
+                    f"the repo's dojo.yaml, seed {args.seed}; one run each, so an indication, not a statistic.\n\n"
+                    f"{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Sparring: the model's own mistakes become its next lesson, unattended (docs/sparring.md).
+
+    dojo spar CHECKPOINT [--skill S] [--level L] [--problems N]
+
+``spar`` asks a checkpoint N fresh problems at its skill's training level — greedy, through evaluation's own
+generation path (``model.evaluate.Generator``: the checkpoint's system prompt, chat template and profile logit
+processors) and scored by the skill's scorer — and turns every wrong answer into the three examples of
+``skills/sparring.py``. The chat_sft_v1 file (sidecar: generator ``spar@<version>``, checkpoint, step, skill,
+level, seed, problems asked and missed) enters the queue at HIGH priority through the gate, the path
+``dojo queue add`` takes. No wrong answer, no file.
+
+The guards the training loop applies when it claims (``dojo/steps.py``):
+
+* stale (``staleness``): a sparring file is tied to its checkpoint. When the newest checkpoint is more than
+  ``spar.max_age_steps`` steps past it, or its level is no longer the skill's training level, it is retired to
+  done/ with the reason, not trained.
+* flooding (``over_cap``): sparring stays below ``spar.max_share`` of the examples trained over the last
+  ``spar.share_window`` chunks (``state/stream.json``, one record per trained chunk). A sparring file is claimed
+  only when one more chunk of it (the window's mean size) keeps the share at or below the cap; otherwise it waits
+  in the queue and the curriculum is trained.
+
+No prefect here (``tasks/spar.py`` and ``flows/spar_checkpoint.py`` wrap it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from dojo import gate, mirror, queue
+from dojo.sidecar import read_sidecar, sidecar_path, write_sidecar
+from dojo.storage import read_json, sha256_file, write_json
+import skills
+from skills import curriculum, sparring
+
+log = logging.getLogger("dojo.spar")
+STREAM = "state/stream.json"          # the trained-chunk records the share cap is measured on
+STREAM_KEEP = 1000                    # records kept (the window is the newest spar.share_window of them)
+
+
+# ---------------------------------------------------------------- sparring
+def _training_level(cfg, skill: str) -> int:
+    state = curriculum.load(cfg.root, list(cfg.curriculum.skills))
+    if skill not in state["skills"]:
+        return min(skills.get(skill).LEVELS)        # a skill outside the curriculum has mastered nothing
+    return curriculum.training_level(state, skill)
+
+
+def spar(cfg, checkpoint: str, skill: str | None = None, level: int | None = None,
+         problems: int | None = None) -> dict:
+    """Spar with ``checkpoint`` (a path, a name under checkpoints/, or ``latest``); queue its mistakes at high
+    priority. ``skill``: default the checkpoint's (else the curriculum's first); ``level``: default the skill's
+    training level; ``problems``: default ``spar.problems``. Returns checkpoint, step, skill, level, seed, asked,
+    missed, examples, file (the queued file, or None), queued_id, accepted and message."""
+    from model.checkpoint import LEDGER, parse_name, read_ledger
+    from model.evaluate import Generator, resolve_checkpoint
+
+    path = resolve_checkpoint(cfg, checkpoint)
+    ledger = read_ledger(path) if (path / LEDGER).exists() else {}
+    step = ledger.get("step", parse_name(path.name) or 0)
+    skill = skill or (ledger.get("skill") if ledger.get("skill") in skills.SKILLS else cfg.curriculum.skills[0])
+    module = skills.get(skill)
+    if level is None:
+        level = _training_level(cfg, skill)
+    elif level not in module.LEVELS:
+        raise ValueError(f"--level {level}: {skill} has levels {list(module.LEVELS)}")
+    wanted = cfg.spar.problems if problems is None else problems
+    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
+        raise ValueError(f"--problems must be an integer >= 1, got {wanted!r}")
+    seed = sparring.seed_for(path.name, step)
+    asked, fresh = sparring.draw_problems(module, level, wanted, seed)
+    gen = Generator.load(cfg, path, ledger)
+    outputs = gen.answer([module.to_chat(p)["messages"][:1] for p in asked], cfg.eval.max_new_tokens)
+    answers = [gen.profile.answer_text(o) for o in outputs]
+    correct = [module.score(a, p).correct for a, p in zip(answers, asked)]
+    records = sparring.build(asked, answers, correct, fresh)
+    missed = len(records) // 3
+    result = {"checkpoint": path.name, "step": step, "skill": skill, "level": level, "seed": seed,
+              "asked": len(asked), "missed": missed, "examples": len(records), "file": None, "queued_id": None,
+              "accepted": False, "eval_overlap": module.covers_space(level)}
+    if not records:
+        result["message"] = (f"{path.name} answered all {len(asked)} {skill} level-{level} problems correctly: "
+                             f"no sparring file queued")
+        return result
+    block = {"checkpoint": path.name, "step": step, "skill": skill, "level": level, "seed": seed,
+             "asked": len(asked), "missed": missed,
+             "problem_generator": f"{module.GENERATOR_ID}@{module.GENERATOR_VERSION}",
+             "eval_overlap": module.covers_space(level)}
+    inbox = Path(cfg.root) / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    out = inbox / f"spar_{skill}_l{level}_{path.name}.jsonl"
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    write_sidecar(out, sparring.GENERATOR_ID, sparring.GENERATOR_VERSION, block, len(records),
+                  spec="chat_sft_v1", skill=skill, level=level)
+    meta = read_sidecar(out)
+    meta["spar"] = block                          # what the stale guard reads back at claim time
+    write_json(sidecar_path(out), meta)
+    try:
+        sha = sha256_file(out)
+        same = [e for e in queue.list_entries(cfg) if e.sha256 == sha and e.state != "inbox"]
+        if same:                                  # this checkpoint was sparred before: same seed, same answers
+            result.update(queued_id=same[0].id, message=f"{path.name}: the same sparring file is already "
+                                                        f"{same[0].state} as {same[0].id}; nothing new queued")
+            return result
+        admission = gate.admit(cfg, out, priority="high")
+    finally:
+        for p in (out, sidecar_path(out)):
+            p.unlink(missing_ok=True)             # our own copy: the queue holds it now
+    e = admission.entry
+    result.update(file=str(e.path), queued_id=e.id, accepted=admission.accepted)
+    verdict = f"queued at high priority as {e.id}" if admission.accepted else \
+        f"REJECTED by the gate ({e.id} in failed/ with its reasons)"
+    result["message"] = (f"{path.name}: {missed}/{len(asked)} {skill} level-{level} problems wrong -> "
+                         f"{len(records)} sparring examples {verdict}")
+    return result
+
+
+# ---------------------------------------------------------------- guards at claim time
+def is_spar(meta: dict | None) -> bool:
+    """Whether a sidecar is a sparring file's."""
+    return isinstance(meta, dict) and meta.get("generator_id") == sparring.GENERATOR_ID \
+        and isinstance(meta.get("spar"), dict)
+
+
+def newest_step(cfg) -> int | None:
+    """The step of the newest checkpoint (by name: nothing is loaded or hashed), or None when there is none."""
+    from model.checkpoint import candidates, parse_name
+
+    found = candidates(cfg.root)
+    return parse_name(found[-1].name) if found else None
+
+
+def staleness(cfg, meta: dict | None) -> str | None:
+    """Why a sparring file is stale (the model has moved on), or None when it is not stale or not sparring."""
+    if not is_spar(meta):
+        return None
+    block = meta["spar"]
+    step, skill, level = block.get("step"), block.get("skill"), block.get("level")
+    newest = newest_step(cfg)
+    if isinstance(step, int) and newest is not None and newest - step > cfg.spar.max_age_steps:
+        return (f"stale sparring data: made from {block.get('checkpoint')} (step {step}); the newest checkpoint is "
+                f"at step {newest}, more than spar.max_age_steps={cfg.spar.max_age_steps} later")
+    if skill in skills.SKILLS and isinstance(level, int):
+        now = _training_level(cfg, skill)
+        if level != now:
+            return (f"stale sparring data: {skill} level {level} from {block.get('checkpoint')}; the skill now "
+                    f"trains level {now}")
+    return None
+
+
+def _read_stream(cfg) -> list[dict]:
+    data = read_json(Path(cfg.root) / STREAM, expect=dict, what="sparring share records", default={})
+    chunks = data.get("chunks") if isinstance(data, dict) else None
+    return [c for c in chunks if isinstance(c, dict)] if isinstance(chunks, list) else []
+
+
+def record_chunk(cfg, file_id: str, examples: int, spar_file: bool, checkpoint: str | None) -> None:
+    """Add one trained chunk to ``state/stream.json`` (a locked read-modify-write; the newest STREAM_KEEP kept)."""
+    with mirror.shared_file(cfg, STREAM):
+        chunks = _read_stream(cfg)
+        chunks.append({"file": file_id, "examples": int(examples), "spar": bool(spar_file),
+                       "checkpoint": checkpoint})
+        write_json(Path(cfg.root) / STREAM, {"chunks": chunks[-STREAM_KEEP:]})
+
+
+def share(cfg) -> dict:
+    """Sparring's share of the examples trained over the last ``spar.share_window`` chunks, and whether one more
+    sparring chunk of the window's mean size would still keep it at or below ``spar.max_share``."""
+    window = _read_stream(cfg)[-cfg.spar.share_window:]
+    sizes = [(c["examples"] if isinstance(c.get("examples"), int) and c["examples"] > 0 else 0, c.get("spar") is True)
+             for c in window]                     # a hand-edited record with a bad count counts as 0
+    total = sum(n for n, _ in sizes)
+    spar_examples = sum(n for n, is_spar_chunk in sizes if is_spar_chunk)
+    mean = total / len(window) if window else 0.0
+    after = (spar_examples + mean) / (total + mean) if total + mean > 0 else 1.0
+    return {"chunks": len(window), "examples": total, "spar_examples": spar_examples,
+            "share": spar_examples / total if total else 0.0, "share_after_one_more": after,
+            "max_share": cfg.spar.max_share, "over_cap": after > cfg.spar.max_share}
+
+
+def over_cap(cfg) -> bool:
+    """True while claiming a sparring file would take sparring above ``spar.max_share`` (see ``share``)."""
+    return share(cfg)["over_cap"]
+
+
+def wants_spar(cfg, promoted: bool) -> bool:
+    """Whether evaluate/checkpoint starts sparring for a checkpoint it evaluated (``spar.after``)."""
+    return cfg.spar.after == "every" or (cfg.spar.after == "promoted" and bool(promoted))
