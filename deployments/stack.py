@@ -595,7 +595,7 @@ def up(cfg, config_path: str | None = None, run: bool = True, wait: float = 120.
         log(f"pool {pool}: concurrency {limit}, " + ("worker started (--limit 1)" if workers else
                                                      "no local worker (start `dojo worker --pool " + pool + "`)"))
     _prefect(env, "--no-prompt", "deploy", "--all")
-    log("deployments: train/continuous, evaluate/checkpoint, curriculum/scheduled")
+    log("deployments: train/continuous, evaluate/checkpoint, spar/checkpoint, curriculum/scheduled, maintenance/daily")
     background_limits(cfg, env, log)
     spec = zombie_automation(cfg)
     ensure_automation(env, spec)

@@ -2,8 +2,8 @@
 files through the gate, claims and re-checks them, trains chunks, saves checkpoints with ledgers, moves files to
 done/, and (inline here) evaluates, records curriculum progress and promotes; artifacts are read back through the
 Prefect client."""
+import datetime
 import json
-import os
 
 import pytest
 import yaml
@@ -12,16 +12,6 @@ from dojo import config, promotion, queue
 from model import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def harness():
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ["DO_NOT_TRACK"] = "1"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 def small_config(tmp_path):
@@ -36,19 +26,23 @@ def small_config(tmp_path):
     return str(path)
 
 
-def read_artifacts(keys):
+def read_artifacts(keys, since):
+    """The artifacts with these keys made since ``since`` (the session's server holds other tests' too)."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
-    return found
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+                                      sort=ArtifactSort.CREATED_DESC)
+    return [a for a in found if a.created >= since]
 
 
 def test_continuous_trains_evaluates_and_promotes(harness, tmp_path, dojo_home):
     from flows.train_continuous import continuous
 
     cfg_path = small_config(tmp_path)
+    started = datetime.datetime.now(datetime.timezone.utc)
     chunks = continuous(max_chunks=2, steps_per_chunk=6, hand_off="inline", config=cfg_path)
     cfg = config.load(cfg_path)
     assert chunks == 2
@@ -68,7 +62,7 @@ def test_continuous_trains_evaluates_and_promotes(harness, tmp_path, dojo_home):
     assert [h["checkpoint"] for h in state["skills"]["bin"]["history"]] == [c.name for c in checkpoints]
     keys = ["train-progress", "masking-report", "eval-bin", "promotion-decision", "curriculum-state", "lineage-stats",
             *[f"lineage-{e.id}" for e in done]]
-    artifacts = read_artifacts(keys)
+    artifacts = read_artifacts(keys, started)
     assert {a.key for a in artifacts} == set(keys)
     progress = [a for a in artifacts if a.key == "train-progress"]
     assert len(progress) == 2 and all(float(a.data) == 100.0 for a in progress)

@@ -226,9 +226,9 @@ def test_sigkill_of_a_remote_worker_mid_chunk_loses_nothing(pg):
     assert processing(cfg) and ckpt.list_checkpoints(cfg.root) == before
     pg["workers"]["pg-train"] = start_worker(pg, "pg-train", TRAIN_GPUS)           # the host comes back
     # the pool's one slot stays taken by the dead run until it is marked Crashed. The zombie automation does that
-    # zombie_window_seconds (>= 90) after the last heartbeat; tests/test_stack.py waits for it on SQLite. Here the
-    # run is marked Crashed as an operator would (the automation's own action), to keep CI under 20 minutes; the
-    # automation is checked to exist on this server.
+    # zombie_window_seconds (>= 90) after the last heartbeat; tests/test_stack.py checks its definition (and waits
+    # for it with DOJO_WAIT_FOR_AUTOMATION=1). Here the run is marked Crashed through the API (the automation's own
+    # action), to keep CI under 20 minutes; the automation is checked to exist on this server.
     from prefect import get_client
     from prefect.states import Crashed
 

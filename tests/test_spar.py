@@ -344,16 +344,6 @@ def test_spar_config_is_checked():
 
 
 # ---------------------------------------------------------------- the flows, under prefect_test_harness
-@pytest.fixture(scope="module")
-def harness():
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ["DO_NOT_TRACK"] = "1"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
 def read_artifacts(keys):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey

@@ -157,6 +157,22 @@ def test_sigkill_mid_chunk_loses_nothing(stack):
     wait_for(lambda: not stack_mod.alive(flow_pid), 10, "the run to die")
     assert processing(cfg) and ckpt.list_checkpoints(cfg.root) == before
     stack_mod.up(cfg, cfg_path, run=False, log=lambda *_: None)     # restart what died
+    # The dead run holds the pool's one slot until it is marked Crashed: by the zombie automation, 60-90 s after
+    # the kill (zombie_window_seconds >= 3 x Prefect's 30 s minimum heartbeat). CI marks it through the API — the
+    # automation's own action — after checking the automation the server holds, to stay under 20 minutes;
+    # DOJO_WAIT_FOR_AUTOMATION=1 waits for the automation itself (it did in every CI run up to 2026-12-02).
+    with client() as c:
+        (automation,) = c.read_automations_by_name("dojo-crash-zombie-runs")
+        trigger, (action,) = automation.trigger, automation.actions
+        assert str(trigger.posture.value) == "Proactive" and trigger.within.total_seconds() == 90
+        assert trigger.after == {"prefect.flow-run.heartbeat"} and "prefect.flow-run.heartbeat" in trigger.expect
+        assert action.type == "change-flow-run-state" and str(action.state.value) == "CRASHED"
+        if not os.environ.get("DOJO_WAIT_FOR_AUTOMATION"):
+            from prefect.states import Crashed
+
+            c.set_flow_run_state(run.id, Crashed(message="its worker's host died (SIGKILL)"), force=True)
+    crashed = wait_state(run.id, lambda s: s.is_final(), 240)
+    assert crashed.state.is_crashed(), crashed.state
     again = start("train/continuous", max_chunks=1, steps_per_chunk=4, config=cfg_path)
     again = wait_state(again.id, lambda s: s.is_final(), 300)
     assert again.state.is_completed(), again.state
