@@ -23,6 +23,8 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from dojo.storage import read_jsonl
+
 REL = "state/leaderboard.jsonl"
 GAP_WINDOW = 3
 
@@ -33,19 +35,8 @@ def path(root: Path) -> Path:
 
 def load(root: Path) -> list[dict]:
     """Every row, oldest first."""
-    p = path(root)
-    if not p.is_file():
-        return []
-    rows = []
-    with open(p, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("checkpoint"), str) and isinstance(row.get("accuracy"), dict):
-                rows.append(row)
-    return rows
+    return [row for row in read_jsonl(path(root))
+            if isinstance(row.get("checkpoint"), str) and isinstance(row.get("accuracy"), dict)]
 
 
 def append(root: Path, row: dict) -> None:

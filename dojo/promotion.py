@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dojo.storage import StateError, read_json, write_json
+from dojo.storage import StateError, read_json, read_jsonl, write_json
 
 TOLERANCE = 0.05
 POINTERS = ("state/promoted.json", "state/promotions.jsonl")   # what a decision changes (mirror.shared_file)
@@ -111,19 +111,7 @@ def apply(root: Path, decision: Decision, checkpoint_path: str, eval_scores: dic
 def history(root: Path) -> list[dict]:
     """Every recorded decision, oldest first (``state/promotions.jsonl``); a line that is not a JSON object
     (a torn write, an edit) is skipped, not fatal."""
-    path = Path(root) / "state" / "promotions.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                out.append(record)
-    return out
+    return read_jsonl(Path(root) / "state" / "promotions.jsonl")
 
 
 def promote_by_hand(cfg, checkpoint: Path, reason: str) -> Decision:

@@ -240,3 +240,21 @@ def usage(root: str | Path) -> dict[str, int]:
         elif entry.is_file():
             out["."] = out.get(".", 0) + entry.stat().st_size
     return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of an append-only ``.jsonl`` record, oldest first; [] when there is none. A line that is
+    not a JSON object (a torn write, an edit) is skipped, not fatal."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+    return out
