@@ -239,6 +239,7 @@ class EvalConfig:
     batch_size: int = doc("prompts per batched greedy generation", 64)
     max_new_tokens: int = doc("generation budget per answer (BIN level 7 answers need ~90 tokens)", 128)
     show_failures: int = doc("wrong answers kept per level in the report", 10)
+    cpu_threads: int = doc("torch threads when evaluating, sparring or probing on CPU (0 = train.cpu_threads)", 0)
     mastered_every: int = doc("evaluate mastered levels on every Nth checkpoint of a skill (and always before a "
                               "promotion); 1 = every checkpoint", 3)
     overfit_gap: float = doc("leaderboard warns of overfitting when validation loss minus training loss grew over "
@@ -287,6 +288,8 @@ class SparConfig:
     problems: int = doc("fresh problems asked per sparring round (at most half a small level's space)", 100)
     max_age_steps: int = doc("a sparring file is retired unclaimed when the newest checkpoint is more than this many "
                              "steps past the one it came from", 1000)
+    epochs: float = doc("passes over a sparring file when it is trained: its chunk is sized to the file, not to "
+                        "pipeline.steps_per_chunk (a 100-step chunk would repeat a 270-example file ~10 times)", 1.0)
     max_share: float = doc("sparring's largest share of the examples trained over the last share_window chunks; "
                            "beyond it sparring files wait and the curriculum trains (1 = no cap)", 0.25)
     share_window: int = doc("trained chunks the sparring share is measured over (state/stream.json)", 20)
@@ -377,6 +380,7 @@ def _check_values(cfg: Config) -> None:
         ("data.num_proc", cfg.data.num_proc >= 0, "an integer >= 0"),
         ("eval.batch_size", cfg.eval.batch_size >= 1, "an integer >= 1"),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens >= 1, "an integer >= 1"),
+        ("eval.cpu_threads", cfg.eval.cpu_threads >= 0, "an integer >= 0"),
         ("eval.show_failures", cfg.eval.show_failures >= 0, "an integer >= 0"),
         ("eval.mastered_every", cfg.eval.mastered_every >= 1, "an integer >= 1 (1 = every checkpoint)"),
         ("eval.overfit_gap", cfg.eval.overfit_gap >= 0.0, "a loss difference >= 0"),
@@ -422,6 +426,7 @@ def _check_values(cfg: Config) -> None:
         ("retention.log_backups", cfg.retention.log_backups >= 1, "an integer >= 1"),
         ("spar.problems", 1 <= cfg.spar.problems <= 100_000, "an integer in [1, 100000]"),
         ("spar.max_age_steps", cfg.spar.max_age_steps >= 0, "an integer >= 0"),
+        ("spar.epochs", 0.0 < cfg.spar.epochs <= 100.0, "a number of passes in (0, 100]"),
         ("spar.max_share", 0.0 <= cfg.spar.max_share <= 1.0, "a number in [0, 1] (1 = no cap)"),
         ("spar.share_window", cfg.spar.share_window >= 1, "an integer >= 1"),
         ("spar.idle_max_utilization", 0.0 < cfg.spar.idle_max_utilization <= 100.0, "a percentage in (0, 100]"),

@@ -7,6 +7,7 @@ tasks can pass them around without pickling models.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class Claimed:
     sha256: str
     skill: str | None
     level: int | None
+    spar: bool = False     # a sparring file: its chunk is spar.epochs passes over it (``chunk_plan``)
 
 
 @dataclass(frozen=True)
@@ -159,34 +161,51 @@ def record_progress(cfg, skill: str, level: int, accuracy: float, checkpoint: st
     return state, advance
 
 
-def _is_spar_entry(entry) -> bool:
+def _spar_meta(entry) -> dict | None:
+    """A queued file's sidecar when it is a sparring file, else None."""
     from dojo import spar
 
     try:
-        return spar.is_spar(read_sidecar(entry.path))
+        meta = read_sidecar(entry.path)
     except ValueError:                     # a broken sidecar: queue.claim_from sends it to failed/ with the reason
-        return False
+        return None
+    return meta if spar.is_spar(meta) else None
 
 
 def claim(cfg) -> Claimed | None:
-    """The highest-priority, oldest queued file, into processing/. While sparring is over its share
-    (``dojo.spar.over_cap``) sparring files are skipped — they wait in the queue — and when nothing else is
-    queued a curriculum file is generated and claimed instead."""
+    """The highest-priority, oldest queued file, into processing/. A sparring file whose chunk would take
+    sparring above its share (``dojo.spar.over_cap``: the file's own examples against the last chunks') is
+    skipped — it waits in the queue — and when nothing else is queued a curriculum file is generated and
+    claimed instead."""
     from dojo import spar
 
-    skip = _is_spar_entry if spar.over_cap(cfg) else None
+    def skip(entry) -> bool:
+        meta = _spar_meta(entry)
+        return meta is not None and spar.over_cap(cfg, meta)
+
     entry = queue.claim(cfg, skip)
-    if entry is None and skip is not None and any(skip(e) for e in queue.queued(cfg)):
+    if entry is None and any(skip(e) for e in queue.queued(cfg)):
         share = spar.share(cfg)
-        log.info("sparring is %.0f%% of the last %d chunks' examples, one more would pass spar.max_share %.0f%%: "
-                 "sparring files wait, the curriculum trains", 100 * share["share"], share["chunks"],
-                 100 * share["max_share"])
+        log.info("sparring is %.0f%% of the last %d chunks' examples, one more sparring file would pass "
+                 "spar.max_share %.0f%%: sparring files wait, the curriculum trains", 100 * share["share"],
+                 share["chunks"], 100 * share["max_share"])
         log.info("queue top-up: %s", generate_for_curriculum(cfg))
         entry = queue.claim(cfg, skip)
     if entry is None:
         return None
     meta = read_sidecar(entry.path) or {}
-    return Claimed(entry.id, entry.name, str(entry.path), entry.sha256, meta.get("skill"), meta.get("level"))
+    return Claimed(entry.id, entry.name, str(entry.path), entry.sha256, meta.get("skill"), meta.get("level"),
+                   spar.is_spar(meta))
+
+
+def chunk_plan(cfg, claimed: Claimed, steps: int | None):
+    """The config and step count a claimed file trains with. A curriculum file gets the pipeline's chunk
+    (``steps`` optimizer steps); a sparring file gets ``spar.epochs`` passes over itself — a few hundred
+    corrections trained for a whole curriculum-sized chunk would be repeated ~10 times, and two thirds of their
+    answers are "It is (in)correct.": in a first A/B that knocked BIN level 1 back to ~0 after each one."""
+    if not claimed.spar:
+        return cfg, steps
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.spar.epochs)), None
 
 
 def reusable_verdict(cfg, claimed: Claimed, meta: dict) -> dict | None:

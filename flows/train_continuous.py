@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from dojo import mirror, queue
+from dojo.steps import chunk_plan
 from dojo.storage import exclusive_lock
 from flows import load_config
 from flows.evaluate_checkpoint import checkpoint as evaluate_inline
@@ -36,8 +37,9 @@ def continuous(max_chunks: int = -1, max_hours: float = -1.0, steps_per_chunk: i
             outcome = t.check_claimed(cfg, claimed)
             if not outcome.accepted:
                 continue
+            chunk_cfg, chunk_steps = chunk_plan(cfg, claimed, steps or None)   # a sparring file: spar.epochs
             try:
-                summary = t.train_chunk(cfg, outcome.train_file, steps or None, outcome.train_sha256)
+                summary = t.train_chunk(chunk_cfg, outcome.train_file, chunk_steps, outcome.train_sha256)
             except Exception as exc:      # this file failed; the loop goes on unless it keeps failing
                 t.fail(cfg, claimed, f"training failed: {exc!r}")
                 failures += 1

@@ -101,9 +101,11 @@ class Generator:
     def load(cls, cfg: Config, path: str | Path, ledger: dict | None = None) -> "Generator":
         ledger = ledger or {}
         profile = get_profile(ledger.get("profile", "none") if ledger else cfg.data.profile)
-        system_prompt = ledger.get("system_prompt") or resolve_profile(profile.name, cfg.data.system_prompt)[1]
+        # the prompt it was trained with; "" (no system turn) is a choice too, not a missing value
+        system_prompt = (ledger["system_prompt"] if isinstance(ledger.get("system_prompt"), str)
+                         else resolve_profile(profile.name, cfg.data.system_prompt)[1])
         runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)   # no Liger: generation only
-        cpu_threads(cfg, runtime)
+        cpu_threads(cfg, runtime, evaluating=True)
         tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
         model = load_model(path, runtime, cfg.model.trust_remote_code, trainable=False, merge_adapter=True)
         return cls(model, tokenizer, profile, system_prompt, cfg.eval.batch_size)

@@ -218,8 +218,11 @@ def make_small_qwen3_dir(dest: Path, source: Path, **sizes) -> Path:
     return dest
 
 
-def cpu_threads(cfg, runtime) -> None:
-    """``train.cpu_threads`` on CPU: on a small shared CPU (the demo's 2 cores, a training and an evaluation worker)
-    one thread each beats two threads each, which spin-wait against one another."""
-    if runtime.device == "cpu" and cfg.train.cpu_threads:
-        torch.set_num_threads(cfg.train.cpu_threads)
+def cpu_threads(cfg, runtime, evaluating: bool = False) -> None:
+    """``train.cpu_threads`` (``eval.cpu_threads`` for generation, when set) on CPU. On a small shared CPU (the
+    demo's 2 cores, a training and an evaluation worker) two threads each spin-wait against one another; the
+    trainer is busy all the time and the evaluator a few seconds a chunk, so the demo gives training both cores
+    and evaluation one."""
+    threads = (evaluating and cfg.eval.cpu_threads) or cfg.train.cpu_threads
+    if runtime.device == "cpu" and threads:
+        torch.set_num_threads(threads)

@@ -251,6 +251,9 @@ def test_share_cap_makes_sparring_wait_and_the_curriculum_train(tmp_path, traine
     for _ in range(6):                                              # window of 10: 1 sparring chunk in 10
         spar.record_chunk(cfg, "y", 100, False, None)
     assert not spar.over_cap(cfg)                                   # one more: 200 / 1100 = 0.18
+    # a sparring chunk is its file (spar.epochs passes), so the file's own size is what counts
+    assert spar.over_cap(cfg, {"example_count": 300})               # (100 + 300) / 1300 = 0.31
+    assert not spar.over_cap(cfg, {"example_count": 150})           # (100 + 150) / 1150 = 0.22
     assert steps.claim(cfg).id == spar_entry.id                     # high priority first
     assert json.loads((cfg.root / spar.STREAM).read_text())["chunks"][-1]["file"] == "y"   # durable, in state/
 
@@ -268,6 +271,30 @@ def test_a_finished_chunk_is_recorded_for_the_share(tmp_path, trained):
     assert chunk == {"file": entry.id, "examples": ledger["examples_trained"], "spar": False,
                      "checkpoint": trained[1].name} and chunk["examples"] > 0
     assert spar.share(cfg)["share"] == 0.0 and queue.find(cfg, entry.id).state == "done"
+
+
+def test_a_sparring_file_trains_one_pass_not_a_pipeline_chunk(tmp_path, trained):
+    """A sparring file's chunk is spar.epochs passes over it; a curriculum file keeps the pipeline's chunk."""
+    import math
+
+    from model.checkpoint import read_ledger
+    from model.data import prepare
+    from model.loading import load_tokenizer
+    from model.train import train_chunk
+
+    cfg, _ = make_cfg(tmp_path, trained, max_share=1.0)
+    spar.spar(cfg, trained[1].name, problems=10)
+    claimed = steps.claim(cfg)
+    assert claimed.spar and claimed.name.startswith("spar_")
+    outcome = steps.check_claimed(cfg, claimed)
+    chunk_cfg, chunk_steps = steps.chunk_plan(cfg, claimed, 100)
+    assert chunk_steps is None and chunk_cfg.train.epochs == cfg.spar.epochs == 1.0
+    rows = prepare(chunk_cfg, outcome.train_file, load_tokenizer(cfg.model.name_or_path)).n_rows
+    ledger = read_ledger(train_chunk(chunk_cfg, outcome.train_file, chunk_steps).checkpoint)
+    assert ledger["steps_in_chunk"] == math.ceil(rows / cfg.train.micro_batch_size) < 100, (rows, ledger)
+
+    curriculum = steps.Claimed("c", "curriculum_bin_l1.jsonl", claimed.path, claimed.sha256, "bin", 1)
+    assert steps.chunk_plan(cfg, curriculum, 100) == (cfg, 100)
 
 
 def test_over_the_cap_with_only_sparring_queued_the_curriculum_is_generated(tmp_path, trained):

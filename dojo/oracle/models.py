@@ -145,7 +145,9 @@ def load_resident(cfg, path: Path) -> Resident:
 
     ledger = ckpt.read_ledger(path)
     profile = get_profile(ledger.get("profile", "none"))
-    system_prompt = ledger.get("system_prompt") or resolve_profile(profile.name, cfg.data.system_prompt)[1]
+    # the prompt it was trained with; "" (no system turn) is a choice too, not a missing value
+    system_prompt = (ledger["system_prompt"] if isinstance(ledger.get("system_prompt"), str)
+                     else resolve_profile(profile.name, cfg.data.system_prompt)[1])
     runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)       # no Liger: generation only
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
     model = load_model(path, runtime, cfg.model.trust_remote_code, trainable=False, merge_adapter=True)

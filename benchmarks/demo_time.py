@@ -1,0 +1,118 @@
+"""What a newcomer waits for: `dojo up` → BIN level 1 mastered, timed on this machine.
+
+    .venv/bin/python benchmarks/demo_time.py [--config dojo.yaml] [--timeout-min 20] [--write]
+
+Runs the README's main job as a user does — ``dojo up`` (server, pools, workers, deployments, a
+``train/continuous`` run on the training pool, ``evaluate/checkpoint`` runs on the eval pool) — on a fresh
+temporary storage root (``$DOJO_HOME``), with the given config (the repo's ``dojo.yaml`` by default). It polls
+``state/curriculum.json`` and the checkpoints once a second and prints a timeline since the ``dojo up`` command
+started: stack up, every checkpoint written, every level-1 evaluation (step, accuracy), the advance past level 1
+(mastered: the mean of the last ``curriculum.window`` evaluations reached ``curriculum.threshold``). Then
+``dojo down``. ``--write`` appends the timeline to docs/benchmarks.md with the command, the machine, the load
+average and the date. Nothing else may use the cores while it runs: the time is the point.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOJO = str(Path(sys.executable).parent / "dojo")
+
+
+def curriculum_state(home: Path) -> dict:
+    try:
+        return json.loads((home / "state" / "curriculum.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):      # not written yet, or caught mid-replace
+        return {}
+
+
+def checkpoints(home: Path) -> list[str]:
+    folder = home / "checkpoints"
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")) if folder.is_dir() else []
+
+
+def measure(config: Path, timeout_min: float) -> dict:
+    """One `dojo up` on a fresh root until BIN level 1 is mastered or the timeout; `dojo down` either way."""
+    home = Path(tempfile.mkdtemp(prefix="dojo-demo-time-")) / "home"
+    env = {**os.environ, "DOJO_HOME": str(home), "DOJO_CONFIG": str(config)}
+    timeline, seen_ckpts, seen_evals = [], set(), 0
+    load_start = os.getloadavg()[0]
+    start = time.monotonic()
+
+    def note(what: str) -> None:
+        timeline.append((round(time.monotonic() - start, 1), what))
+        print(f"{timeline[-1][0]:7.1f} s  {what}", flush=True)
+
+    up = subprocess.run([DOJO, "up"], env=env, cwd=ROOT, capture_output=True, text=True)
+    if up.returncode != 0:
+        raise SystemExit(f"dojo up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}")
+    note("stack up (`dojo up` returned: server, pools, workers, deployments, train/continuous started)")
+    mastered_at = None
+    try:
+        while time.monotonic() - start < timeout_min * 60:
+            for name in checkpoints(home):
+                if name not in seen_ckpts:
+                    seen_ckpts.add(name)
+                    note(f"checkpoint written: {name}")
+            bin_state = curriculum_state(home).get("skills", {}).get("bin", {})
+            history = bin_state.get("history", [])
+            for h in history[seen_evals:]:
+                note(f"evaluated step {h.get('step')}: level {h.get('level')} accuracy {h.get('accuracy'):.3f}")
+            seen_evals = len(history)
+            if bin_state.get("level", 0) >= 1:
+                mastered_at = timeline[-1][0]
+                note("BIN level 1 mastered (advanced to level 2)")
+                break
+            time.sleep(1.0)
+    finally:
+        down = subprocess.run([DOJO, "down"], env=env, cwd=ROOT, capture_output=True, text=True)
+        if down.returncode != 0:
+            print(f"dojo down failed ({down.returncode}):\n{down.stdout}\n{down.stderr}", file=sys.stderr)
+    result = {"mastered_s": mastered_at, "timeline": timeline, "load_start": round(load_start, 2),
+              "load_end": round(os.getloadavg()[0], 2), "home": str(home), "timeout_min": timeout_min}
+    shutil.rmtree(home.parent, ignore_errors=True)
+    return result
+
+
+def markdown(result: dict, command: str, config: Path) -> str:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    verdict = (f"**{result['mastered_s'] / 60:.1f} min** ({result['mastered_s']:.0f} s)" if result["mastered_s"]
+               else f"not mastered within {result['timeout_min']} min")
+    lines = [f"### `dojo up` → BIN level 1 mastered: {verdict} — {now}", "",
+             f"Command: `{command}` (config `{config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}`)  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, no GPU; load average {result['load_start']} at "
+             f"the start, {result['load_end']} at the end", "",
+             "| since `dojo up` | what |", "|---:|---|"]
+    lines += [f"| {t:.0f} s | {what} |" for t, what in result["timeline"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "dojo.yaml")
+    parser.add_argument("--timeout-min", type=float, default=20.0)
+    parser.add_argument("--json", type=Path, help="also write the raw result as JSON here")
+    parser.add_argument("--write", action="store_true", help="append the timeline to docs/benchmarks.md")
+    args = parser.parse_args()
+    result = measure(args.config.resolve(), args.timeout_min)
+    text = markdown(result, "python " + " ".join(sys.argv), args.config.resolve())
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.write:
+        with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
