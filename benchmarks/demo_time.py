@@ -41,7 +41,27 @@ def checkpoints(home: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")) if folder.is_dir() else []
 
 
-def measure(config: Path, timeout_min: float) -> dict:
+def stack_cpu(home: Path) -> dict[str, float]:
+    """CPU seconds so far of the processes this `dojo up` started (found by their DOJO_HOME), reaped children
+    included (a worker's finished flow-run processes count to it), summed per kind: the Prefect server, each
+    pool's worker, the flow run processes still running. Linux /proc; empty elsewhere."""
+    tick, out = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100, {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"DOJO_HOME={home}".encode() not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = sum(int(f) for f in fields[11:15]) / tick       # utime stime cutime cstime
+        kind = ("server" if "server start" in args else "worker " + args.split("--pool", 1)[1].split()[0]
+                if "--pool" in args else "flow run" if "prefect.engine" in args else args[:60])
+        out[kind] = round(out.get(kind, 0.0) + seconds, 1)
+    return out
+
+
+def measure(config: Path, timeout_min: float, keep: bool = False) -> dict:
     """One `dojo up` on a fresh root until BIN level 1 is mastered or the timeout; `dojo down` either way."""
     home = Path(tempfile.mkdtemp(prefix="dojo-demo-time-")) / "home"
     env = {**os.environ, "DOJO_HOME": str(home), "DOJO_CONFIG": str(config)}
@@ -75,12 +95,15 @@ def measure(config: Path, timeout_min: float) -> dict:
                 break
             time.sleep(1.0)
     finally:
+        cpu = stack_cpu(home)
         down = subprocess.run([DOJO, "down"], env=env, cwd=ROOT, capture_output=True, text=True)
         if down.returncode != 0:
             print(f"dojo down failed ({down.returncode}):\n{down.stdout}\n{down.stderr}", file=sys.stderr)
     result = {"mastered_s": mastered_at, "timeline": timeline, "load_start": round(load_start, 2),
-              "load_end": round(os.getloadavg()[0], 2), "home": str(home), "timeout_min": timeout_min}
-    shutil.rmtree(home.parent, ignore_errors=True)
+              "load_end": round(os.getloadavg()[0], 2), "home": str(home), "timeout_min": timeout_min,
+              "cpu_s": cpu, "wall_s": round(time.monotonic() - start, 1)}
+    if not keep:
+        shutil.rmtree(home.parent, ignore_errors=True)
     return result
 
 
@@ -94,6 +117,9 @@ def markdown(result: dict, command: str, config: Path) -> str:
              f"the start, {result['load_end']} at the end", "",
              "| since `dojo up` | what |", "|---:|---|"]
     lines += [f"| {t:.0f} s | {what} |" for t, what in result["timeline"]]
+    if result.get("cpu_s"):
+        lines += ["", f"CPU seconds of the stack's processes over the {result['wall_s']:.0f} s (children included): "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["cpu_s"].items(), key=lambda kv: -kv[1]))]
     return "\n".join(lines) + "\n"
 
 
@@ -103,8 +129,9 @@ def main() -> None:
     parser.add_argument("--timeout-min", type=float, default=20.0)
     parser.add_argument("--json", type=Path, help="also write the raw result as JSON here")
     parser.add_argument("--write", action="store_true", help="append the timeline to docs/benchmarks.md")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary DOJO_HOME (its logs) afterwards")
     args = parser.parse_args()
-    result = measure(args.config.resolve(), args.timeout_min)
+    result = measure(args.config.resolve(), args.timeout_min, args.keep)
     text = markdown(result, "python " + " ".join(sys.argv), args.config.resolve())
     print(text)
     if args.json:

@@ -78,3 +78,28 @@ def write_cfg(cfg):
     path.write_text(yaml.safe_dump({"storage": {"root": cfg.storage.root},
                                     "eval": {"batch_size": 64, "max_new_tokens": 24}}))
     return path
+
+
+def test_a_checkpoint_trained_without_a_system_turn_is_asked_without_one(tmp_path):
+    """data.system_prompt "" is a choice the ledger records; eval must not fill in the config's default prompt
+    (the model would be asked in a format it never saw)."""
+    from model.evaluate import Generator
+
+    data = generate_file("bin", 1, 20, 3, tmp_path / "bin_l1.jsonl")
+    trained = config.from_dict({"storage": {"root": str(tmp_path / "home")}, "data": {"max_length": 128,
+                                                                                      "system_prompt": ""}}, env={})
+    path = train_chunk(trained, data, steps=1).checkpoint
+    ledger = ckpt.read_ledger(path)
+    assert ledger["system_prompt"] == ""
+    default = config.from_dict({"storage": {"root": str(tmp_path / "home")}}, env={})   # default system prompt
+    assert default.data.system_prompt
+    gen = Generator.load(default, path, ledger)
+    assert gen.system_prompt == ""
+    from model.chat import generation_prompt, with_system_prompt
+
+    asked = generation_prompt(with_system_prompt([{"role": "user", "content": "1+1"}], gen.system_prompt),
+                              gen.tokenizer)
+    assert default.data.system_prompt not in asked and "system" not in asked
+    with_default = generation_prompt(with_system_prompt([{"role": "user", "content": "1+1"}],
+                                                        default.data.system_prompt), gen.tokenizer)
+    assert "system" in with_default              # the check above could fail: the template does render one
