@@ -168,20 +168,26 @@ def record_chunk(cfg, file_id: str, examples: int, spar_file: bool, checkpoint: 
         write_json(Path(cfg.root) / STREAM, {"chunks": chunks[-STREAM_KEEP:]})
 
 
-def share(cfg, next_examples: float | None = None) -> dict:
+def share(cfg) -> dict:
     """Sparring's share of the examples trained over the last ``spar.share_window`` chunks, and whether one more
-    sparring chunk of ``next_examples`` examples (the file's count × ``spar.epochs``; by default the window's mean
-    chunk) would still keep it at or below ``spar.max_share``."""
+    sparring chunk of the window's mean size would still keep it at or below ``spar.max_share``
+    (``exceeds`` answers that for a given file)."""
     window = _read_stream(cfg)[-cfg.spar.share_window:]
     sizes = [(c["examples"] if isinstance(c.get("examples"), int) and c["examples"] > 0 else 0, c.get("spar") is True)
              for c in window]                     # a hand-edited record with a bad count counts as 0
     total = sum(n for n, _ in sizes)
-    spar_examples = sum(n for n, is_spar_chunk in sizes if is_spar_chunk)
-    one_more = (total / len(window) if window else 0.0) if next_examples is None else max(0.0, next_examples)
-    after = (spar_examples + one_more) / (total + one_more) if total + one_more > 0 else 1.0
-    return {"chunks": len(window), "examples": total, "spar_examples": spar_examples,
-            "share": spar_examples / total if total else 0.0, "share_after_one_more": after,
-            "max_share": cfg.spar.max_share, "over_cap": after > cfg.spar.max_share}
+    now = {"chunks": len(window), "examples": total, "spar_examples": sum(n for n, is_spar in sizes if is_spar),
+           "share": 0.0, "max_share": cfg.spar.max_share}
+    if total:
+        now["share"] = now["spar_examples"] / total
+    now["share_after_one_more"] = _after(now, total / len(window) if window else 0.0)
+    now["over_cap"] = now["share_after_one_more"] > cfg.spar.max_share
+    return now
+
+
+def _after(now: dict, more: float) -> float:
+    total = now["examples"] + more
+    return (now["spar_examples"] + more) / total if total > 0 else 1.0
 
 
 def chunk_examples(cfg, meta: dict | None) -> float | None:
@@ -190,10 +196,17 @@ def chunk_examples(cfg, meta: dict | None) -> float | None:
     return count * cfg.spar.epochs if isinstance(count, int) and not isinstance(count, bool) and count > 0 else None
 
 
+def exceeds(cfg, now: dict, meta: dict | None) -> bool:
+    """Whether training the sparring file with sidecar ``meta`` (its own examples × ``spar.epochs``; unknown: the
+    window's mean chunk) on top of ``now`` (``share``) would take sparring above ``spar.max_share``."""
+    more = chunk_examples(cfg, meta)
+    return now["over_cap"] if more is None else _after(now, more) > cfg.spar.max_share
+
+
 def over_cap(cfg, meta: dict | None = None) -> bool:
     """True while claiming a sparring file (``meta``: its sidecar; None: one of the window's mean chunk size) would
     take sparring above ``spar.max_share`` (see ``share``)."""
-    return share(cfg, chunk_examples(cfg, meta))["over_cap"]
+    return exceeds(cfg, share(cfg), meta)
 
 
 def wants_spar(cfg, promoted: bool) -> bool:

@@ -179,13 +179,14 @@ def claim(cfg) -> Claimed | None:
     claimed instead."""
     from dojo import spar
 
+    share = spar.share(cfg)            # the trained stream, read once; each queued sparring file is checked against it
+
     def skip(entry) -> bool:
         meta = _spar_meta(entry)
-        return meta is not None and spar.over_cap(cfg, meta)
+        return meta is not None and spar.exceeds(cfg, share, meta)
 
     entry = queue.claim(cfg, skip)
     if entry is None and any(skip(e) for e in queue.queued(cfg)):
-        share = spar.share(cfg)
         log.info("sparring is %.0f%% of the last %d chunks' examples, one more sparring file would pass "
                  "spar.max_share %.0f%%: sparring files wait, the curriculum trains", 100 * share["share"],
                  share["chunks"], 100 * share["max_share"])

@@ -23,8 +23,7 @@ from transformers import LogitsProcessorList
 from dojo.config import Config
 from model import checkpoint as ckpt
 from model.chat import generation_prompt, with_system_prompt
-from model.profiles import get_profile
-from model.profiles import resolve as resolve_profile
+from model.profiles import trained_with
 from model.loading import cpu_threads, load_model, load_tokenizer, pick_runtime
 import skills
 
@@ -100,10 +99,7 @@ class Generator:
     @classmethod
     def load(cls, cfg: Config, path: str | Path, ledger: dict | None = None) -> "Generator":
         ledger = ledger or {}
-        profile = get_profile(ledger.get("profile", "none") if ledger else cfg.data.profile)
-        # the prompt it was trained with; "" (no system turn) is a choice too, not a missing value
-        system_prompt = (ledger["system_prompt"] if isinstance(ledger.get("system_prompt"), str)
-                         else resolve_profile(profile.name, cfg.data.system_prompt)[1])
+        profile, system_prompt = trained_with(ledger, "none" if ledger else cfg.data.profile, cfg.data.system_prompt)
         runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)   # no Liger: generation only
         cpu_threads(cfg, runtime, evaluating=True)
         tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)

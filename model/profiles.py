@@ -348,3 +348,12 @@ def resolve(name: str, configured_template: str, today: dt.date | None = None) -
     profile = get_profile(name)
     template = configured_template if profile.name == "none" else profile.system_prompt_template
     return profile, system_prompt_text(template, today)
+
+
+def trained_with(ledger: dict, profile_name: str, configured_template: str) -> tuple[Profile, str]:
+    """The profile and system prompt a checkpoint was trained with, read from its ledger; where the ledger does
+    not say (no ledger, an older one), ``profile_name`` and the configured template. An empty prompt ("": no
+    system turn) is a choice the ledger records, not a missing value."""
+    profile = get_profile(ledger.get("profile", profile_name))
+    prompt = ledger.get("system_prompt")
+    return profile, prompt if isinstance(prompt, str) else resolve(profile.name, configured_template)[1]

@@ -83,6 +83,7 @@ def write_cfg(cfg):
 def test_a_checkpoint_trained_without_a_system_turn_is_asked_without_one(tmp_path):
     """data.system_prompt "" is a choice the ledger records; eval must not fill in the config's default prompt
     (the model would be asked in a format it never saw)."""
+    from model.chat import generation_prompt, with_system_prompt
     from model.evaluate import Generator
 
     data = generate_file("bin", 1, 20, 3, tmp_path / "bin_l1.jsonl")
@@ -95,8 +96,6 @@ def test_a_checkpoint_trained_without_a_system_turn_is_asked_without_one(tmp_pat
     assert default.data.system_prompt
     gen = Generator.load(default, path, ledger)
     assert gen.system_prompt == ""
-    from model.chat import generation_prompt, with_system_prompt
-
     asked = generation_prompt(with_system_prompt([{"role": "user", "content": "1+1"}], gen.system_prompt),
                               gen.tokenizer)
     assert default.data.system_prompt not in asked and "system" not in asked

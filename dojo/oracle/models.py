@@ -140,14 +140,10 @@ class Resident:
 def load_resident(cfg, path: Path) -> Resident:
     """Load a checkpoint for generation (blocking): an adapter is merged onto its base, in eval mode."""
     from model.loading import adapter_base, load_model, load_tokenizer, pick_runtime
-    from model.profiles import get_profile
-    from model.profiles import resolve as resolve_profile
+    from model.profiles import trained_with
 
     ledger = ckpt.read_ledger(path)
-    profile = get_profile(ledger.get("profile", "none"))
-    # the prompt it was trained with; "" (no system turn) is a choice too, not a missing value
-    system_prompt = (ledger["system_prompt"] if isinstance(ledger.get("system_prompt"), str)
-                     else resolve_profile(profile.name, cfg.data.system_prompt)[1])
+    profile, system_prompt = trained_with(ledger, "none", cfg.data.system_prompt)
     runtime = pick_runtime(cfg.model.dtype, cfg.model.attn_implementation)       # no Liger: generation only
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
     model = load_model(path, runtime, cfg.model.trust_remote_code, trainable=False, merge_adapter=True)
