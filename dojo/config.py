@@ -290,6 +290,9 @@ class SparConfig:
                              "steps past the one it came from", 1000)
     epochs: float = doc("passes over a sparring file when it is trained: its chunk is sized to the file, not to "
                         "pipeline.steps_per_chunk (a 100-step chunk would repeat a 270-example file ~10 times)", 1.0)
+    mix: bool = doc("mix sparring examples into the next curriculum file of their skill (at most max_share of it, "
+                    "queued at high priority) instead of training each sparring file as a chunk of its own: in the "
+                    "tiny model's A/B sparring chunks knocked a mastered level from ~0.9 to 0.05-0.2", True)
     max_share: float = doc("sparring's largest share of the examples trained over the last share_window chunks; "
                            "beyond it sparring files wait and the curriculum trains (1 = no cap)", 0.25)
     share_window: int = doc("trained chunks the sparring share is measured over (state/stream.json)", 20)

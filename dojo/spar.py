@@ -159,13 +159,22 @@ def _read_stream(cfg) -> list[dict]:
     return [c for c in chunks if isinstance(c, dict)] if isinstance(chunks, list) else []
 
 
-def record_chunk(cfg, file_id: str, examples: int, spar_file: bool, checkpoint: str | None) -> None:
-    """Add one trained chunk to ``state/stream.json`` (a locked read-modify-write; the newest STREAM_KEEP kept)."""
+def record_chunk(cfg, file_id: str, examples: int, spar_examples: int, checkpoint: str | None) -> None:
+    """Add one trained chunk to ``state/stream.json`` (a locked read-modify-write; the newest STREAM_KEEP kept):
+    ``examples`` trained, of which ``spar_examples`` were sparring (a sparring file's chunk: all of them; a
+    curriculum file with sparring mixed in: its mixed share)."""
     with mirror.shared_file(cfg, STREAM):
         chunks = _read_stream(cfg)
-        chunks.append({"file": file_id, "examples": int(examples), "spar": bool(spar_file),
-                       "checkpoint": checkpoint})
+        chunks.append({"file": file_id, "examples": int(examples), "spar_examples": int(spar_examples),
+                       "spar": spar_examples > 0 and spar_examples >= examples, "checkpoint": checkpoint})
         write_json(Path(cfg.root) / STREAM, {"chunks": chunks[-STREAM_KEEP:]})
+
+
+def mixed_examples(meta: dict, trained: int) -> int:
+    """Of ``trained`` examples of a curriculum file (sidecar ``meta``), the sparring ones mixed in (pro rata)."""
+    params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
+    spar_count, count = _count(params.get("spar_count")), _count(params.get("count"))
+    return round(trained * spar_count / count) if spar_count and count else 0
 
 
 def share(cfg) -> dict:
@@ -173,16 +182,23 @@ def share(cfg) -> dict:
     sparring chunk of the window's mean size would still keep it at or below ``spar.max_share``
     (``exceeds`` answers that for a given file)."""
     window = _read_stream(cfg)[-cfg.spar.share_window:]
-    sizes = [(c["examples"] if isinstance(c.get("examples"), int) and c["examples"] > 0 else 0, c.get("spar") is True)
-             for c in window]                     # a hand-edited record with a bad count counts as 0
-    total = sum(n for n, _ in sizes)
-    now = {"chunks": len(window), "examples": total, "spar_examples": sum(n for n, is_spar in sizes if is_spar),
+    total = spar_total = 0
+    for c in window:                              # a hand-edited record with a bad count counts as 0
+        n = _count(c.get("examples"))
+        total += n
+        mixed = c.get("spar_examples")
+        spar_total += min(n, _count(mixed)) if mixed is not None else (n if c.get("spar") is True else 0)
+    now = {"chunks": len(window), "examples": total, "spar_examples": spar_total,
            "share": 0.0, "max_share": cfg.spar.max_share}
     if total:
         now["share"] = now["spar_examples"] / total
     now["share_after_one_more"] = _after(now, total / len(window) if window else 0.0)
     now["over_cap"] = now["share_after_one_more"] > cfg.spar.max_share
     return now
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _after(now: dict, more: float) -> float:
@@ -212,3 +228,63 @@ def over_cap(cfg, meta: dict | None = None) -> bool:
 def wants_spar(cfg, promoted: bool) -> bool:
     """Whether evaluate/checkpoint starts sparring for a checkpoint it evaluated (``spar.after``)."""
     return cfg.spar.after == "every" or (cfg.spar.after == "promoted" and bool(promoted))
+
+
+# ---------------------------------------------------------------- mixing into curriculum files
+def mixable(cfg, skill: str) -> list:
+    """Queued sparring files of ``skill``, newest first (the newest checkpoint's mistakes are the ones to fix)."""
+    found = []
+    for entry in queue.queued(cfg):
+        try:
+            meta = read_sidecar(entry.path)
+        except ValueError:                        # a broken sidecar: the claim path sends it to failed/
+            continue
+        if is_spar(meta) and meta["spar"].get("skill") == skill:
+            found.append((entry, meta))
+    return [e for e, _ in sorted(found, key=lambda em: (em[1]["spar"].get("step") or 0, em[0].added_at),
+                                 reverse=True)]
+
+
+def take_for_mix(cfg, skill: str, budget: int) -> tuple[list[dict], list[dict]]:
+    """Sparring examples of ``skill`` for the next curriculum file (``spar.mix``): queued sparring files are
+    claimed newest first; a stale one (``staleness``) is retired to done/ with the reason; the others give their
+    examples, whole triples, up to ``budget`` in all. Returns (rows, taken): ``taken`` is one record per file
+    used (id, name, sha256, checkpoint, step, level, examples, taken), each now in processing/ until
+    ``settle_mix`` retires it (mixed) or puts it back (the curriculum file was not queued)."""
+    rows: list[dict] = []
+    taken: list[dict] = []
+    for entry in mixable(cfg, skill):
+        if len(rows) + 3 > budget:
+            break
+        got = queue.claim(cfg, lambda e, want=entry.id: e.id != want)
+        if got is None:                           # another claimer took it meanwhile
+            continue
+        meta = read_sidecar(got.path) or {}
+        stale = staleness(cfg, meta)
+        if stale is not None:
+            queue.finish(cfg, got.id, "done", stale)
+            log.warning("%s (%s) retired: %s", got.id, got.name, stale)
+            continue
+        with open(got.path, encoding="utf-8") as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        room = (budget - len(rows)) // 3 * 3      # a wrong answer's three examples stay together
+        block = meta["spar"]
+        rows += lines[:room]
+        taken.append({"id": got.id, "name": got.name, "sha256": got.sha256, "checkpoint": block.get("checkpoint"),
+                      "step": block.get("step"), "level": block.get("level"), "examples": len(lines),
+                      "taken": min(room, len(lines))})
+    return rows, taken
+
+
+def settle_mix(cfg, taken: list[dict], into: str | None) -> None:
+    """The sparring files ``take_for_mix`` claimed: retired to done/ saying which queued curriculum file
+    (``into``, its queue id) holds their examples — or, when it was not queued (None), put back in the queue."""
+    for t in taken:
+        if into is None:
+            queue.release(cfg, t["id"])
+            continue
+        rest = t["examples"] - t["taken"]
+        left = (f"; its other {rest} examples were not trained (spar.max_share {cfg.spar.max_share:.0%} of a "
+                f"curriculum file is the most mixed in, the newest files first)") if rest else ""
+        queue.finish(cfg, t["id"], "done", f"mixed into curriculum file {into}: {t['taken']} of its "
+                                           f"{t['examples']} examples{left}")

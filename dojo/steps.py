@@ -106,22 +106,35 @@ def top_up(cfg) -> list[str]:
 
 
 def generate_for_curriculum(cfg, count: int | None = None) -> str:
-    """Choose skill and level by the curriculum strategy, generate, and admit through the gate."""
+    """Choose skill and level by the curriculum strategy, generate, and admit through the gate. With
+    ``spar.mix`` the skill's queued sparring files are mixed in (``dojo.spar.take_for_mix``: at most
+    ``spar.max_share`` of the file) and the file is queued at high priority, as the sparring files were."""
+    from dojo import spar
     from dojo.generate import generate_file
 
     plan = curriculum_plan(cfg)
     skill, level, seed = plan["skill"], plan["level"], plan["seed"]
     count = count or cfg.curriculum.examples_per_file
+    budget = min(int(count * cfg.spar.max_share), count - 1)         # at least one curriculum example
+    rows, taken = spar.take_for_mix(cfg, skill, budget) if cfg.spar.mix else ([], [])
     inbox = Path(cfg.root) / "inbox"
-    path = generate_file(skill, level, count, seed, inbox / f"curriculum_{skill}_l{level}_s{seed}.jsonl", force=True,
-                         replay_levels=tuple(plan["replay_levels"]), replay_share=plan["replay_share"])
-    admission = gate.admit(cfg, path)
-    for p in (path, path.with_name(path.stem + ".meta.json")):
-        p.unlink(missing_ok=True)     # our own generated copy: the queue holds it now
+    into = None
+    try:
+        path = generate_file(skill, level, count, seed, inbox / f"curriculum_{skill}_l{level}_s{seed}.jsonl",
+                             force=True, replay_levels=tuple(plan["replay_levels"]), replay_share=plan["replay_share"],
+                             mixed=rows, mixed_from=taken)
+        admission = gate.admit(cfg, path, priority="high" if rows else "normal")
+        for p in (path, path.with_name(path.stem + ".meta.json")):
+            p.unlink(missing_ok=True)     # our own generated copy: the queue holds it now
+        into = admission.entry.id if admission.accepted else None
+    finally:
+        spar.settle_mix(cfg, taken, into)
     verdict = "queued" if admission.accepted else "REJECTED by the gate"
     replay = (f", {plan['replay_share']:.0%} replayed from mastered level(s) {plan['replay_levels']}"
               if plan["replay_levels"] and plan["replay_share"] else "")
-    return (f"generated {count} {skill} level-{level} examples (seed {seed}{replay}): {verdict} as "
+    mixed = (f", {len(rows)} sparring examples mixed in from {', '.join(t['id'] for t in taken)} (high priority)"
+             if rows else "")
+    return (f"generated {count} {skill} level-{level} examples (seed {seed}{replay}{mixed}): {verdict} as "
             f"{admission.entry.id}")
 
 
@@ -173,20 +186,25 @@ def _spar_meta(entry) -> dict | None:
 
 
 def claim(cfg) -> Claimed | None:
-    """The highest-priority, oldest queued file, into processing/. A sparring file whose chunk would take
-    sparring above its share (``dojo.spar.over_cap``: the file's own examples against the last chunks') is
-    skipped — it waits in the queue — and when nothing else is queued a curriculum file is generated and
-    claimed instead."""
+    """The highest-priority, oldest queued file, into processing/.
+
+    With ``spar.mix`` (the default) sparring files are never claimed as chunks of their own: while one is
+    queued, a curriculum file with its examples mixed in is generated (``generate_for_curriculum``) and, queued
+    at high priority, claimed first. Without it a sparring file whose chunk would take sparring above its share
+    (``dojo.spar.exceeds``: the file's own examples against the last chunks') is skipped — it waits in the queue
+    — and when nothing else is queued a curriculum file is generated and claimed instead."""
     from dojo import spar
 
     share = spar.share(cfg)            # the trained stream, read once; each queued sparring file is checked against it
 
     def skip(entry) -> bool:
         meta = _spar_meta(entry)
-        return meta is not None and spar.exceeds(cfg, share, meta)
+        return meta is not None and (cfg.spar.mix or spar.exceeds(cfg, share, meta))
 
+    if cfg.spar.mix and any(_spar_meta(e) is not None for e in queue.queued(cfg)):
+        log.info("sparring files queued: %s", generate_for_curriculum(cfg))
     entry = queue.claim(cfg, skip)
-    if entry is None and any(skip(e) for e in queue.queued(cfg)):
+    if entry is None and not cfg.spar.mix and any(skip(e) for e in queue.queued(cfg)):
         log.info("sparring is %.0f%% of the last %d chunks' examples, one more sparring file would pass "
                  "spar.max_share %.0f%%: sparring files wait, the curriculum trains", 100 * share["share"],
                  share["chunks"], 100 * share["max_share"])
@@ -291,10 +309,11 @@ def finish_trained(cfg, claimed: Claimed, outcome: CheckOutcome) -> None:
     files = ledger.get("data_files") or [{}]
     examples = ledger.get("examples_trained", 0) if files[0].get("sha256") == outcome.train_sha256 else 0
     try:
-        is_spar = spar.is_spar(read_sidecar(claimed.path))
+        meta = read_sidecar(claimed.path) or {}
     except ValueError:
-        is_spar = False
-    spar.record_chunk(cfg, claimed.id, examples, is_spar, newest.name if newest is not None else None)
+        meta = {}
+    spar_examples = examples if spar.is_spar(meta) else spar.mixed_examples(meta, examples)
+    spar.record_chunk(cfg, claimed.id, examples, spar_examples, newest.name if newest is not None else None)
     queue.finish(cfg, claimed.id, "done")
     if outcome.train_file and Path(outcome.train_file).name.startswith(".train-"):
         t = Path(outcome.train_file)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -201,7 +202,7 @@ def test_problems_never_come_from_held_out_eval_sets():
 
 # ---------------------------------------------------------------- guards at claim time
 def test_stale_by_steps_is_retired_to_done_with_the_reason(tmp_path, trained):
-    cfg, _ = make_cfg(tmp_path, trained, ("first", "second"), max_age_steps=1, max_share=1.0)
+    cfg, _ = make_cfg(tmp_path, trained, ("first", "second"), max_age_steps=1, max_share=1.0, mix=False)
     spar.spar(cfg, trained[1].name, problems=10)                  # step 3; the newest checkpoint is at step 5
     claimed = steps.claim(cfg)
     assert claimed is not None and claimed.name.startswith("spar_")
@@ -216,13 +217,13 @@ def test_stale_by_steps_is_retired_to_done_with_the_reason(tmp_path, trained):
     assert "done (1)" in queue.format_list(queue.list_entries(cfg))
 
     # at the boundary (5 - 3 = 2 steps <= max_age_steps 2) it is not stale
-    cfg2, _ = make_cfg(tmp_path / "b", trained, ("first", "second"), max_age_steps=2, max_share=1.0)
+    cfg2, _ = make_cfg(tmp_path / "b", trained, ("first", "second"), max_age_steps=2, max_share=1.0, mix=False)
     spar.spar(cfg2, trained[1].name, problems=10)
     assert spar.staleness(cfg2, read_sidecar(queued_spar(cfg2).path)) is None
 
 
 def test_stale_by_level_is_retired(tmp_path, trained):
-    cfg, _ = make_cfg(tmp_path, trained, max_age_steps=1000, max_share=1.0)
+    cfg, _ = make_cfg(tmp_path, trained, max_age_steps=1000, max_share=1.0, mix=False)
     spar.spar(cfg, trained[1].name, problems=10)                  # level 1
     state = curriculum.load(cfg.root, ["bin"])
     state["skills"]["bin"]["level"] = 1                            # level 1 mastered: the skill trains level 2
@@ -234,14 +235,14 @@ def test_stale_by_level_is_retired(tmp_path, trained):
 
 
 def test_share_cap_makes_sparring_wait_and_the_curriculum_train(tmp_path, trained):
-    cfg, _ = make_cfg(tmp_path, trained, max_share=0.25, share_window=10)
+    cfg, _ = make_cfg(tmp_path, trained, max_share=0.25, share_window=10, mix=False)
     spar.spar(cfg, trained[1].name, problems=10)
     spar_entry = queued_spar(cfg)
     curriculum_file = generate_file("bin", 1, 40, 3, tmp_path / "curr" / "curriculum_bin_l1.jsonl")
     curriculum_id = gate.admit(cfg, curriculum_file).entry.id
 
     for spar_chunk in (False, False, False, True):                 # sparring 1/4 now; one more would be 2/5
-        spar.record_chunk(cfg, "x", 100, spar_chunk, None)
+        spar.record_chunk(cfg, "x", 100, 100 if spar_chunk else 0, None)
     assert spar.share(cfg)["share"] == pytest.approx(0.25) and spar.over_cap(cfg)
     claimed = steps.claim(cfg)
     assert claimed.id == curriculum_id                              # the high-priority sparring file waits
@@ -249,7 +250,7 @@ def test_share_cap_makes_sparring_wait_and_the_curriculum_train(tmp_path, traine
     queue.release(cfg, claimed.id)
 
     for _ in range(6):                                              # window of 10: 1 sparring chunk in 10
-        spar.record_chunk(cfg, "y", 100, False, None)
+        spar.record_chunk(cfg, "y", 100, 0, None)
     assert not spar.over_cap(cfg)                                   # one more: 200 / 1100 = 0.18
     # a sparring chunk is its file (spar.epochs passes), so the file's own size is what counts
     assert spar.over_cap(cfg, {"example_count": 300})               # (100 + 300) / 1300 = 0.31
@@ -268,7 +269,7 @@ def test_a_finished_chunk_is_recorded_for_the_share(tmp_path, trained):
     steps.finish_trained(cfg, claimed, outcome)
     ledger = read_ledger(cfg.root / "checkpoints" / trained[1].name)
     (chunk,) = json.loads((cfg.root / spar.STREAM).read_text())["chunks"]
-    assert chunk == {"file": entry.id, "examples": ledger["examples_trained"], "spar": False,
+    assert chunk == {"file": entry.id, "examples": ledger["examples_trained"], "spar_examples": 0, "spar": False,
                      "checkpoint": trained[1].name} and chunk["examples"] > 0
     assert spar.share(cfg)["share"] == 0.0 and queue.find(cfg, entry.id).state == "done"
 
@@ -282,7 +283,7 @@ def test_a_sparring_file_trains_one_pass_not_a_pipeline_chunk(tmp_path, trained)
     from model.loading import load_tokenizer
     from model.train import train_chunk
 
-    cfg, _ = make_cfg(tmp_path, trained, max_share=1.0)
+    cfg, _ = make_cfg(tmp_path, trained, max_share=1.0, mix=False)
     spar.spar(cfg, trained[1].name, problems=10)
     claimed = steps.claim(cfg)
     assert claimed.spar and claimed.name.startswith("spar_")
@@ -298,7 +299,7 @@ def test_a_sparring_file_trains_one_pass_not_a_pipeline_chunk(tmp_path, trained)
 
 
 def test_over_the_cap_with_only_sparring_queued_the_curriculum_is_generated(tmp_path, trained):
-    cfg, _ = make_cfg(tmp_path, trained, max_share=0.1)
+    cfg, _ = make_cfg(tmp_path, trained, max_share=0.1, mix=False)
     spar.spar(cfg, trained[1].name, problems=10)
     spar_entry = queued_spar(cfg)
     assert spar.over_cap(cfg)                                       # nothing trained yet: any sparring is 100%
@@ -436,3 +437,69 @@ def test_gate_wait_is_visible_in_the_run(harness, tmp_path):
     assert result["passed"] and result["waits"] == 1
     artifact = [a for a in read_artifacts(["gpu-gate"]) if "1 busy verdict" in a.data]
     assert artifact, "the gpu-gate artifact does not show the wait"
+
+
+# ---------------------------------------------------------------- mixed into curriculum files (spar.mix, the default)
+def spar_rows(path) -> list[str]:
+    return [line for line in Path(path).read_text().splitlines() if "Proposed answer:" in line]
+
+
+def test_sparring_is_mixed_into_a_high_priority_curriculum_file(tmp_path, trained):
+    """spar.mix: the queued sparring file's examples go into the next curriculum file (at most max_share of it,
+    whole triples), that file is claimed first, and the sparring file is retired to done/ naming it."""
+    cfg, _ = make_cfg(tmp_path, trained, max_share=0.25)
+    assert cfg.spar.mix
+    result = spar.spar(cfg, trained[1].name, problems=40)
+    spar_entry = queued_spar(cfg)
+    waiting = generate_file("bin", 1, 40, 3, tmp_path / "curr" / "curriculum_bin_l1.jsonl")
+    waiting_id = gate.admit(cfg, waiting).entry.id                  # an ordinary curriculum file queued before
+
+    claimed = steps.claim(cfg)
+    assert claimed.name.startswith("curriculum_bin_l1") and claimed.id != waiting_id and not claimed.spar
+    meta = read_sidecar(claimed.path)
+    params, count = meta["params"], cfg.curriculum.examples_per_file
+    budget = int(count * 0.25) // 3 * 3
+    assert params["spar_count"] == min(result["examples"], budget) == len(spar_rows(claimed.path))
+    assert params["spar_count"] % 3 == 0 and meta["example_count"] == count
+    (taken,) = params["spar_mixed"]
+    assert taken["id"] == spar_entry.id and taken["sha256"] == spar_entry.sha256
+    assert taken["checkpoint"] == trained[1].name and taken["taken"] == params["spar_count"]
+    assert meta["queue"]["priority"] == "high"
+
+    done = queue.find(cfg, spar_entry.id)
+    assert done.state == "done"
+    reason = done.path.with_name(done.path.stem + ".reason.txt").read_text()
+    assert f"mixed into curriculum file {claimed.id}" in reason
+    assert queue.find(cfg, waiting_id).state == "queued"            # still there, trained next
+
+    # the mixed rows are the sparring file's own lines, byte for byte
+    assert set(spar_rows(claimed.path)) <= set(done.path.read_text().splitlines())
+    # the trained chunk counts its mixed share for the cap
+    spar.record_chunk(cfg, claimed.id, 1000, spar.mixed_examples(meta, 1000), None)
+    assert spar.share(cfg)["share"] == pytest.approx(params["spar_count"] / count, abs=1e-3)
+
+
+def test_a_stale_sparring_file_is_retired_not_mixed(tmp_path, trained):
+    cfg, _ = make_cfg(tmp_path, trained, ("first", "second"), max_age_steps=1)
+    spar.spar(cfg, trained[1].name, problems=10)                  # step 3; the newest checkpoint is at step 5
+    spar_entry = queued_spar(cfg)
+    claimed = steps.claim(cfg)
+    assert claimed.name.startswith("curriculum_bin_l1") and "spar_count" not in read_sidecar(claimed.path)["params"]
+    assert read_sidecar(claimed.path)["queue"]["priority"] == "normal"
+    done = queue.find(cfg, spar_entry.id)
+    assert done.state == "done" and "stale sparring data" in \
+        done.path.with_name(done.path.stem + ".reason.txt").read_text()
+
+
+def test_a_rejected_mixed_file_puts_the_sparring_file_back(tmp_path, trained, monkeypatch):
+    cfg, _ = make_cfg(tmp_path, trained)
+    spar.spar(cfg, trained[1].name, problems=10)
+    spar_entry = queued_spar(cfg)
+
+    def broken(*a, **kw):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gate, "admit", broken)
+    with pytest.raises(OSError, match="disk full"):
+        steps.generate_for_curriculum(cfg)
+    assert queue.find(cfg, spar_entry.id).state == "queued"         # nothing lost: it waits for the next file
