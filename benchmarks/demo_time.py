@@ -1,14 +1,14 @@
 """What a newcomer waits for: `dojo up` → BIN level 1 mastered, timed on this machine.
 
-    .venv/bin/python benchmarks/demo_time.py [--config dojo.yaml] [--timeout-min 20] [--write]
+    .venv/bin/python benchmarks/demo_time.py [--config dojo.yaml] [--timeout-min 20] [--level 1] [--write]
 
 Runs the README's main job as a user does — ``dojo up`` (server, pools, workers, deployments, a
 ``train/continuous`` run on the training pool, ``evaluate/checkpoint`` runs on the eval pool) — on a fresh
 temporary storage root (``$DOJO_HOME``), with the given config (the repo's ``dojo.yaml`` by default). It polls
 ``state/curriculum.json`` and the checkpoints once a second and prints a timeline since the ``dojo up`` command
 started: stack up, every checkpoint written, every level-1 evaluation (step, accuracy), the advance past level 1
-(mastered: the mean of the last ``curriculum.window`` evaluations reached ``curriculum.threshold``). Then
-``dojo down``. ``--write`` appends the timeline to docs/benchmarks.md with the command, the machine, the load
+(mastered: the mean of the last ``curriculum.window`` evaluations reached ``curriculum.threshold``) — or past
+``--level`` — then ``dojo down``. ``--write`` appends the timeline to docs/benchmarks.md with the command, the machine, the load
 average and the date. Nothing else may use the cores while it runs: the time is the point.
 """
 from __future__ import annotations
@@ -61,8 +61,8 @@ def stack_cpu(home: Path) -> dict[str, float]:
     return out
 
 
-def measure(config: Path, timeout_min: float, keep: bool = False) -> dict:
-    """One `dojo up` on a fresh root until BIN level 1 is mastered or the timeout; `dojo down` either way."""
+def measure(config: Path, timeout_min: float, keep: bool = False, level: int = 1) -> dict:
+    """One `dojo up` on a fresh root until BIN ``level`` is mastered or the timeout; `dojo down` either way."""
     home = Path(tempfile.mkdtemp(prefix="dojo-demo-time-")) / "home"
     env = {**os.environ, "DOJO_HOME": str(home), "DOJO_CONFIG": str(config)}
     timeline, seen_ckpts, seen_evals = [], set(), 0
@@ -77,7 +77,7 @@ def measure(config: Path, timeout_min: float, keep: bool = False) -> dict:
     if up.returncode != 0:
         raise SystemExit(f"dojo up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}")
     note("stack up (`dojo up` returned: server, pools, workers, deployments, train/continuous started)")
-    mastered_at = None
+    mastered_at, mastered = None, {}
     try:
         while time.monotonic() - start < timeout_min * 60:
             for name in checkpoints(home):
@@ -89,9 +89,12 @@ def measure(config: Path, timeout_min: float, keep: bool = False) -> dict:
             for h in history[seen_evals:]:
                 note(f"evaluated step {h.get('step')}: level {h.get('level')} accuracy {h.get('accuracy'):.3f}")
             seen_evals = len(history)
-            if bin_state.get("level", 0) >= 1:
-                mastered_at = timeline[-1][0]
-                note("BIN level 1 mastered (advanced to level 2)")
+            while bin_state.get("level", 0) > len(mastered):
+                n = len(mastered) + 1
+                note(f"BIN level {n} mastered (advanced to level {n + 1})")
+                mastered[n] = timeline[-1][0]
+            if len(mastered) >= level:
+                mastered_at = mastered[level]
                 break
             time.sleep(1.0)
     finally:
@@ -99,7 +102,7 @@ def measure(config: Path, timeout_min: float, keep: bool = False) -> dict:
         down = subprocess.run([DOJO, "down"], env=env, cwd=ROOT, capture_output=True, text=True)
         if down.returncode != 0:
             print(f"dojo down failed ({down.returncode}):\n{down.stdout}\n{down.stderr}", file=sys.stderr)
-    result = {"mastered_s": mastered_at, "timeline": timeline, "load_start": round(load_start, 2),
+    result = {"level": level, "mastered_s": mastered_at, "levels_s": mastered, "timeline": timeline, "load_start": round(load_start, 2),
               "load_end": round(os.getloadavg()[0], 2), "home": str(home), "timeout_min": timeout_min,
               "cpu_s": cpu, "wall_s": round(time.monotonic() - start, 1)}
     if not keep:
@@ -111,12 +114,19 @@ def markdown(result: dict, command: str, config: Path) -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     verdict = (f"**{result['mastered_s'] / 60:.1f} min** ({result['mastered_s']:.0f} s)" if result["mastered_s"]
                else f"not mastered within {result['timeout_min']} min")
-    lines = [f"### `dojo up` → BIN level 1 mastered: {verdict} — {now}", "",
+    level = result.get("level", 1)
+    lines = [f"### `dojo up` → BIN level {level} mastered: {verdict} — {now}", "",
              f"Command: `{command}` (config `{config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}`)  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, no GPU; load average {result['load_start']} at "
              f"the start, {result['load_end']} at the end", "",
              "| since `dojo up` | what |", "|---:|---|"]
-    lines += [f"| {t:.0f} s | {what} |" for t, what in result["timeline"]]
+    events = result["timeline"]
+    if len(events) > 80:            # a long run: the advances, and every tenth evaluation
+        evals = [e for e in events if e[1].startswith("evaluated")]
+        keep = set(evals[::10]) | {evals[-1]} if evals else set()
+        events = [e for e in events if not e[1].startswith(("evaluated", "checkpoint")) or e in keep]
+        lines[-2:-2] = [f"Every tenth of the {len(evals)} evaluations is shown; checkpoints are not.", ""]
+    lines += [f"| {t:.0f} s | {what} |" for t, what in events]
     if result.get("cpu_s"):
         lines += ["", f"CPU seconds of the stack's processes over the {result['wall_s']:.0f} s (children included): "
                   + ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["cpu_s"].items(), key=lambda kv: -kv[1]))]
@@ -127,11 +137,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=ROOT / "dojo.yaml")
     parser.add_argument("--timeout-min", type=float, default=20.0)
+    parser.add_argument("--level", type=int, default=1, help="wait until this BIN level is mastered (default 1)")
     parser.add_argument("--json", type=Path, help="also write the raw result as JSON here")
     parser.add_argument("--write", action="store_true", help="append the timeline to docs/benchmarks.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DOJO_HOME (its logs) afterwards")
     args = parser.parse_args()
-    result = measure(args.config.resolve(), args.timeout_min, args.keep)
+    result = measure(args.config.resolve(), args.timeout_min, args.keep, args.level)
     text = markdown(result, "python " + " ".join(sys.argv), args.config.resolve())
     print(text)
     if args.json:

@@ -17,8 +17,8 @@ The settings are the repo's ``dojo.yaml`` (what ``dojo up`` runs) with only thes
 
 Per configuration it records: time to master each level (from ``state/curriculum.json``: the evaluation that
 advanced it), evaluations and promotions, final accuracy per level (the last evaluation and the promoted
-checkpoint), and sparring files queued / trained / retired (sidecars of ``spar@…`` files; trained = sparring
-chunks in ``state/stream.json``; retired = sparring files finished as stale). It prints a markdown table;
+checkpoint), sparring files queued / mixed into curriculum files / retired as stale (sidecars of ``spar@…``
+files), and the chunks that trained sparring examples with their count (``state/stream.json``). It prints a markdown table;
 ``--write`` appends it to docs/benchmarks.md with the command, the machine, the date and the wall time per
 configuration. The table says what happened in this run; with one seed and 15 minutes it is an indication, not
 a statistic.
@@ -75,15 +75,17 @@ def _time(text: str | None) -> dt.datetime | None:
 
 
 def spar_counts(cfg) -> dict:
-    """Sparring files queued (ever), trained (chunks in state/stream.json) and retired (finished as stale)."""
+    """Sparring files queued (ever), mixed into curriculum files (``spar.mix``), retired as stale, and the chunks
+    that trained sparring examples (``state/stream.json``: a sparring chunk, or a curriculum chunk with some
+    mixed in) with the sparring examples they trained."""
     from dojo import queue
     from dojo.sidecar import read_sidecar
 
     try:
         from dojo.spar import is_spar
     except ImportError:                       # a tree without sparring
-        return {"queued": 0, "trained": 0, "retired": 0}
-    queued = retired = 0
+        return {"queued": 0, "mixed": 0, "retired": 0, "chunks": 0, "examples": 0}
+    queued = mixed = retired = 0
     for entry in queue.list_entries(cfg):
         try:
             meta = read_sidecar(entry.path)
@@ -93,11 +95,15 @@ def spar_counts(cfg) -> dict:
             continue
         queued += 1
         reason = entry.path.with_name(entry.path.stem + ".reason.txt")
-        if entry.state == "done" and reason.is_file() and "stale" in reason.read_text(errors="replace"):
-            retired += 1
+        text = reason.read_text(errors="replace") if entry.state == "done" and reason.is_file() else ""
+        retired += "stale" in text
+        mixed += text.startswith("mixed into")
     stream = Path(cfg.root) / "state" / "stream.json"
     chunks = json.loads(stream.read_text()).get("chunks", []) if stream.is_file() else []
-    return {"queued": queued, "trained": sum(1 for c in chunks if c.get("spar") is True), "retired": retired}
+    with_spar = [c for c in chunks if c.get("spar") is True or (c.get("spar_examples") or 0) > 0]
+    return {"queued": queued, "mixed": mixed, "retired": retired, "chunks": len(with_spar),
+            "examples": sum(c.get("spar_examples") or (c.get("examples", 0) if c.get("spar") else 0)
+                            for c in with_spar)}
 
 
 def collect(cfg_path: Path, started: dt.datetime, wall: float, chunks: int) -> dict:
@@ -144,15 +150,17 @@ def _accuracy(scores: dict) -> str:
 
 def table(results: dict[str, dict], args) -> str:
     lines = ["| configuration | spar.after | replay_share | wall (min) | chunks | evals | promotions | "
-             "mastered at (min) | last eval | promoted | spar files queued / trained / retired |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "mastered at (min) | last eval | promoted | spar files queued / mixed / stale | "
+             "chunks with spar (examples) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         setup = CONFIGS[name]
         mastered = ", ".join(f"{k}: {v}" for k, v in r["mastered_min"].items()) or "none"
         s = r["spar"]
         lines.append(f"| {name} | {setup['spar']} | {args.replay if setup['replay'] else 0} | {r['wall_min']} | "
                      f"{r['chunks']} | {r['evals']} | {r['promotions']} | {mastered} | {_accuracy(r['last_eval'])} | "
-                     f"{_accuracy(r['promoted_eval'])} | {s['queued']} / {s['trained']} / {s['retired']} |")
+                     f"{_accuracy(r['promoted_eval'])} | {s['queued']} / {s['mixed']} / {s['retired']} | "
+                     f"{s['chunks']} ({s['examples']}) |")
     return "\n".join(lines)
 
 
