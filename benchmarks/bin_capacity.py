@@ -95,6 +95,7 @@ def run_variant(name: str, minutes: float, chunk_steps: int, out: Path) -> None:
     import torch
 
     from dojo.generate import generate_file
+    from model.checkpoint import candidates
     from model.evaluate import evaluate
     from model.train import train_chunk
 
@@ -117,7 +118,7 @@ def run_variant(name: str, minutes: float, chunk_steps: int, out: Path) -> None:
         curve.append(point)
         print(name, json.dumps(point), flush=True)
         out.write_text(json.dumps({"variant": name, "curve": curve, "params": params(cfg)}))
-        for old in sorted((cfg.root / "checkpoints").glob("checkpoint-*"))[:-1]:
+        for old in candidates(cfg.root)[:-1]:
             shutil.rmtree(old, ignore_errors=True)        # keep the disk small: only the newest is trained on
     shutil.rmtree(folder, ignore_errors=True)
 
