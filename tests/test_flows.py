@@ -52,7 +52,11 @@ def test_continuous_trains_evaluates_and_promotes(harness, tmp_path, dojo_home):
     assert second["parent"] == checkpoints[0].name and len(second["lineage_files"]) == 2
     assert second["skill"] == "bin" and second["level"] == 1 and "1" in second["eval"]["bin"]
     done = [e for e in queue.list_entries(cfg) if e.state == "done"]
-    assert len(done) == 2 and {e.sha256 for e in done} == set(second["lineage_files"])
+    trained = [e for e in done if not e.name.startswith("spar_")]       # sparring files are mixed in, not trained
+    assert len(trained) == 2 and {e.sha256 for e in trained} == set(second["lineage_files"])
+    for e in done:
+        if e.name.startswith("spar_"):
+            assert "mixed into curriculum file" in e.path.with_name(e.path.stem + ".reason.txt").read_text()
     assert not [e for e in queue.list_entries(cfg) if e.state == "processing"]
     pointer = promotion.current(cfg.root)
     assert pointer is not None and pointer["checkpoint"] == checkpoints[0].name   # first eval promotes
@@ -61,7 +65,7 @@ def test_continuous_trains_evaluates_and_promotes(harness, tmp_path, dojo_home):
     state = json.loads((cfg.root / "state" / "curriculum.json").read_text())
     assert [h["checkpoint"] for h in state["skills"]["bin"]["history"]] == [c.name for c in checkpoints]
     keys = ["train-progress", "masking-report", "eval-bin", "promotion-decision", "curriculum-state", "lineage-stats",
-            *[f"lineage-{e.id}" for e in done]]
+            *[f"lineage-{e.id}" for e in trained]]
     artifacts = read_artifacts(keys, started)
     assert {a.key for a in artifacts} == set(keys)
     progress = [a for a in artifacts if a.key == "train-progress"]
