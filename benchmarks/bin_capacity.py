@@ -103,7 +103,7 @@ def run_variant(name: str, minutes: float, chunk_steps: int, out: Path) -> None:
     cfg = make_cfg(folder, name)
     torch.set_num_threads(1)
     started = time.monotonic()
-    curve = []
+    curve, size = [], params(cfg)
     seed = 0
     while time.monotonic() - started < minutes * 60:
         seed += 1
@@ -117,7 +117,7 @@ def run_variant(name: str, minutes: float, chunk_steps: int, out: Path) -> None:
                  "l1": levels["1"]["accuracy"], "l2": levels["2"]["accuracy"], "l2_ops": per_op(levels["2"], 2)}
         curve.append(point)
         print(name, json.dumps(point), flush=True)
-        out.write_text(json.dumps({"variant": name, "curve": curve, "params": params(cfg)}))
+        out.write_text(json.dumps({"variant": name, "curve": curve, "params": size}))
         for old in candidates(cfg.root)[:-1]:
             shutil.rmtree(old, ignore_errors=True)        # keep the disk small: only the newest is trained on
     shutil.rmtree(folder, ignore_errors=True)

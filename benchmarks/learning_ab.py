@@ -18,10 +18,10 @@ The settings are the repo's ``dojo.yaml`` (what ``dojo up`` runs) with only thes
 Per configuration it records: time to master each level (from ``state/curriculum.json``: the evaluation that
 advanced it), evaluations and promotions, final accuracy per level (the last evaluation and the promoted
 checkpoint), sparring files queued / mixed into curriculum files / retired as stale (sidecars of ``spar@…``
-files), and the chunks that trained sparring examples with their count (``state/stream.json``). It prints a markdown table;
-``--write`` appends it to docs/benchmarks.md with the command, the machine, the date and the wall time per
-configuration. The table says what happened in this run; with one seed and 15 minutes it is an indication, not
-a statistic.
+files), and the chunks that trained sparring examples with their count (``state/stream.json``). It prints a
+markdown table; ``--write`` appends it to docs/benchmarks.md with the command, the machine, the date and the
+wall time per configuration. The table says what happened in this run; with one seed and 15 minutes it is an
+indication, not a statistic.
 """
 from __future__ import annotations
 

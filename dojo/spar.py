@@ -208,8 +208,8 @@ def _after(now: dict, more: float) -> float:
 
 def chunk_examples(cfg, meta: dict | None) -> float | None:
     """The examples a sparring file's chunk trains (its sidecar's count × ``spar.epochs``), None when unknown."""
-    count = (meta or {}).get("example_count")
-    return count * cfg.spar.epochs if isinstance(count, int) and not isinstance(count, bool) and count > 0 else None
+    count = _count((meta or {}).get("example_count"))
+    return count * cfg.spar.epochs if count else None
 
 
 def exceeds(cfg, now: dict, meta: dict | None) -> bool:

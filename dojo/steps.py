@@ -98,8 +98,10 @@ def recover_orphans(cfg) -> list[str]:
 
 def top_up(cfg) -> list[str]:
     """When fewer than ``curriculum.low_water`` files are queued, generate one curriculum file (the chosen
-    skill's training level) into the inbox and admit it through the gate. Returns what was done."""
-    queued = sum(queue.depth(cfg).values())
+    skill's training level) into the inbox and admit it through the gate. Returns what was done. With
+    ``spar.mix`` queued sparring files do not count: they are trained inside the file generated here."""
+    queued = (sum(1 for e in queue.queued(cfg) if _spar_meta(e) is None) if cfg.spar.mix
+              else sum(queue.depth(cfg).values()))
     if queued >= cfg.curriculum.low_water:
         return []
     return [generate_for_curriculum(cfg)]
@@ -188,11 +190,11 @@ def _spar_meta(entry) -> dict | None:
 def claim(cfg) -> Claimed | None:
     """The highest-priority, oldest queued file, into processing/.
 
-    With ``spar.mix`` (the default) sparring files are never claimed as chunks of their own: while one is
-    queued, a curriculum file with its examples mixed in is generated (``generate_for_curriculum``) and, queued
-    at high priority, claimed first. Without it a sparring file whose chunk would take sparring above its share
-    (``dojo.spar.exceeds``: the file's own examples against the last chunks') is skipped — it waits in the queue
-    — and when nothing else is queued a curriculum file is generated and claimed instead."""
+    Sparring files are skipped — they wait in the queue — with ``spar.mix`` (the default: they are never chunks
+    of their own; the next generated curriculum file carries their examples, queued at high priority), and
+    without it while one's chunk would take sparring above its share (``dojo.spar.exceeds``: the file's own
+    examples against the last chunks'). When only skipped files are queued a curriculum file is generated and
+    claimed. Generated data never overtakes a queued file (a user's, or one returned after a crash)."""
     from dojo import spar
 
     share = spar.share(cfg)            # the trained stream, read once; each queued sparring file is checked against it
@@ -201,13 +203,12 @@ def claim(cfg) -> Claimed | None:
         meta = _spar_meta(entry)
         return meta is not None and (cfg.spar.mix or spar.exceeds(cfg, share, meta))
 
-    if cfg.spar.mix and any(_spar_meta(e) is not None for e in queue.queued(cfg)):
-        log.info("sparring files queued: %s", generate_for_curriculum(cfg))
     entry = queue.claim(cfg, skip)
-    if entry is None and not cfg.spar.mix and any(skip(e) for e in queue.queued(cfg)):
-        log.info("sparring is %.0f%% of the last %d chunks' examples, one more sparring file would pass "
-                 "spar.max_share %.0f%%: sparring files wait, the curriculum trains", 100 * share["share"],
-                 share["chunks"], 100 * share["max_share"])
+    if entry is None and any(skip(e) for e in queue.queued(cfg)):
+        if not cfg.spar.mix:
+            log.info("sparring is %.0f%% of the last %d chunks' examples, one more sparring file would pass "
+                     "spar.max_share %.0f%%: sparring files wait, the curriculum trains", 100 * share["share"],
+                     share["chunks"], 100 * share["max_share"])
         log.info("queue top-up: %s", generate_for_curriculum(cfg))
         entry = queue.claim(cfg, skip)
     if entry is None:

@@ -445,8 +445,8 @@ def spar_rows(path) -> list[str]:
 
 
 def test_sparring_is_mixed_into_a_high_priority_curriculum_file(tmp_path, trained):
-    """spar.mix: the queued sparring file's examples go into the next curriculum file (at most max_share of it,
-    whole triples), that file is claimed first, and the sparring file is retired to done/ naming it."""
+    """spar.mix: the queued sparring file's examples go into the next generated curriculum file (at most max_share
+    of it, whole triples), that file is claimed first, and the sparring file is retired to done/ naming it."""
     cfg, _ = make_cfg(tmp_path, trained, max_share=0.25)
     assert cfg.spar.mix
     result = spar.spar(cfg, trained[1].name, problems=40)
@@ -454,6 +454,8 @@ def test_sparring_is_mixed_into_a_high_priority_curriculum_file(tmp_path, traine
     waiting = generate_file("bin", 1, 40, 3, tmp_path / "curr" / "curriculum_bin_l1.jsonl")
     waiting_id = gate.admit(cfg, waiting).entry.id                  # an ordinary curriculum file queued before
 
+    assert steps.top_up(cfg) == []              # low_water 1: the waiting file counts, the sparring file does not
+    steps.generate_for_curriculum(cfg)          # the next generated file carries the sparring examples
     claimed = steps.claim(cfg)
     assert claimed.name.startswith("curriculum_bin_l1") and claimed.id != waiting_id and not claimed.spar
     meta = read_sidecar(claimed.path)
@@ -471,6 +473,8 @@ def test_sparring_is_mixed_into_a_high_priority_curriculum_file(tmp_path, traine
     reason = done.path.with_name(done.path.stem + ".reason.txt").read_text()
     assert f"mixed into curriculum file {claimed.id}" in reason
     assert queue.find(cfg, waiting_id).state == "queued"            # still there, trained next
+    queue.release(cfg, claimed.id)
+    assert steps.claim(cfg).id == claimed.id                        # high priority: still ahead of it
 
     # the mixed rows are the sparring file's own lines, byte for byte
     assert set(spar_rows(claimed.path)) <= set(done.path.read_text().splitlines())
@@ -503,3 +507,16 @@ def test_a_rejected_mixed_file_puts_the_sparring_file_back(tmp_path, trained, mo
     with pytest.raises(OSError, match="disk full"):
         steps.generate_for_curriculum(cfg)
     assert queue.find(cfg, spar_entry.id).state == "queued"         # nothing lost: it waits for the next file
+
+
+def test_generated_sparring_data_never_overtakes_a_queued_file(tmp_path, trained):
+    """A file already queued (a user's, or one returned after a crashed chunk) trains before the sparring files
+    are mixed into a generated one: they wait, and top-up does not count them."""
+    cfg, _ = make_cfg(tmp_path, trained)
+    spar.spar(cfg, trained[1].name, problems=10)
+    spar_entry = queued_spar(cfg)
+    user = gate.admit(cfg, generate_file("bin", 1, 40, 3, tmp_path / "user" / "mine.jsonl")).entry
+    assert steps.claim(cfg).id == user.id
+    assert queue.find(cfg, spar_entry.id).state == "queued"
+    assert steps.top_up(cfg)                                        # only sparring left queued: generate, mixing it
+    assert queue.find(cfg, spar_entry.id).state == "done"
