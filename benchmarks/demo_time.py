@@ -8,8 +8,9 @@ temporary storage root (``$DOJO_HOME``), with the given config (the repo's ``doj
 ``state/curriculum.json`` and the checkpoints once a second and prints a timeline since the ``dojo up`` command
 started: stack up, every checkpoint written, every level-1 evaluation (step, accuracy), the advance past level 1
 (mastered: the mean of the last ``curriculum.window`` evaluations reached ``curriculum.threshold``) — or past
-``--level`` — then ``dojo down``. ``--write`` appends the timeline to docs/benchmarks.md with the command, the machine, the load
-average and the date. Nothing else may use the cores while it runs: the time is the point.
+``--level`` (and every promotion, from ``state/leaderboard.jsonl``) — then ``dojo down``. ``--write`` appends the
+timeline to docs/benchmarks.md with the command, the machine, the load average and the date. Nothing else may use
+the cores while it runs: the time is the point.
 """
 from __future__ import annotations
 
@@ -41,6 +42,21 @@ def checkpoints(home: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")) if folder.is_dir() else []
 
 
+def leaderboard_rows(home: Path) -> list[dict]:
+    """The evaluated checkpoints so far (``state/leaderboard.jsonl``); a line caught mid-write is skipped."""
+    rows = []
+    try:
+        lines = (home / "state" / "leaderboard.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
 def stack_cpu(home: Path) -> dict[str, float]:
     """CPU seconds so far of the processes this `dojo up` started (found by their DOJO_HOME), reaped children
     included (a worker's finished flow-run processes count to it), summed per kind: the Prefect server, each
@@ -65,7 +81,7 @@ def measure(config: Path, timeout_min: float, keep: bool = False, level: int = 1
     """One `dojo up` on a fresh root until BIN ``level`` is mastered or the timeout; `dojo down` either way."""
     home = Path(tempfile.mkdtemp(prefix="dojo-demo-time-")) / "home"
     env = {**os.environ, "DOJO_HOME": str(home), "DOJO_CONFIG": str(config)}
-    timeline, seen_ckpts, seen_evals = [], set(), 0
+    timeline, seen_ckpts, seen_evals, seen_rows, promotions = [], set(), 0, 0, []
     load_start = os.getloadavg()[0]
     start = time.monotonic()
 
@@ -89,6 +105,14 @@ def measure(config: Path, timeout_min: float, keep: bool = False, level: int = 1
             for h in history[seen_evals:]:
                 note(f"evaluated step {h.get('step')}: level {h.get('level')} accuracy {h.get('accuracy'):.3f}")
             seen_evals = len(history)
+            rows = leaderboard_rows(home)
+            for row in rows[seen_rows:]:
+                if row.get("promoted"):
+                    scores = row.get("accuracy", {}).get("bin", {})
+                    note(f"promoted {row.get('checkpoint')} (training level {row.get('training_level')}: "
+                         + ", ".join(f"L{k} {v:.3f}" for k, v in sorted(scores.items())) + ")")
+                    promotions.append((timeline[-1][0], row.get("checkpoint"), row.get("training_level")))
+            seen_rows = len(rows)
             while bin_state.get("level", 0) > len(mastered):
                 n = len(mastered) + 1
                 note(f"BIN level {n} mastered (advanced to level {n + 1})")
@@ -102,7 +126,8 @@ def measure(config: Path, timeout_min: float, keep: bool = False, level: int = 1
         down = subprocess.run([DOJO, "down"], env=env, cwd=ROOT, capture_output=True, text=True)
         if down.returncode != 0:
             print(f"dojo down failed ({down.returncode}):\n{down.stdout}\n{down.stderr}", file=sys.stderr)
-    result = {"level": level, "mastered_s": mastered_at, "levels_s": mastered, "timeline": timeline, "load_start": round(load_start, 2),
+    result = {"level": level, "mastered_s": mastered_at, "levels_s": mastered, "timeline": timeline,
+              "promotions": promotions, "evaluations": seen_evals, "load_start": round(load_start, 2),
               "load_end": round(os.getloadavg()[0], 2), "home": str(home), "timeout_min": timeout_min,
               "cpu_s": cpu, "wall_s": round(time.monotonic() - start, 1)}
     if not keep:
@@ -124,9 +149,16 @@ def markdown(result: dict, command: str, config: Path) -> str:
     if len(events) > 80:            # a long run: the advances, and every tenth evaluation
         evals = [e for e in events if e[1].startswith("evaluated")]
         keep = set(evals[::10]) | {evals[-1]} if evals else set()
-        events = [e for e in events if not e[1].startswith(("evaluated", "checkpoint")) or e in keep]
-        lines[-2:-2] = [f"Every tenth of the {len(evals)} evaluations is shown; checkpoints are not.", ""]
+        promoted = [e for e in events if e[1].startswith("promoted")]
+        keep |= set(promoted[::10]) | ({promoted[-1]} if promoted else set())
+        events = [e for e in events if not e[1].startswith(("evaluated", "checkpoint", "promoted")) or e in keep]
+        lines[-2:-2] = [f"Every tenth of the {len(evals)} evaluations and of the {len(promoted)} promotions is "
+                        f"shown, and the last of each; checkpoints are not.", ""]
     lines += [f"| {t:.0f} s | {what} |" for t, what in events]
+    promos, l1 = result.get("promotions", []), result.get("levels_s", {}).get(1)
+    lines += ["", f"{result.get('evaluations', 0)} evaluations at the training level; {len(promos)} promotions"
+              + (f", {sum(1 for t, _, _ in promos if t > l1)} of them after level 1 was mastered, the last at "
+                 f"{promos[-1][0]:.0f} s" if promos and l1 is not None else "") + "."]
     if result.get("cpu_s"):
         lines += ["", f"CPU seconds of the stack's processes over the {result['wall_s']:.0f} s (children included): "
                   + ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["cpu_s"].items(), key=lambda kv: -kv[1]))]

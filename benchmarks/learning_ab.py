@@ -118,10 +118,16 @@ def collect(cfg_path: Path, started: dt.datetime, wall: float, chunks: int) -> d
         for n, index in enumerate(s.get("advanced_at", []), 1):
             when = _time(s["history"][index - 1].get("time")) if 0 < index <= len(s["history"]) else None
             mastered[f"{skill} L{n}"] = round((when - started).total_seconds() / 60, 1) if when else None
+    best: dict[str, dict[str, float]] = {}       # the best evaluation at each level while it was trained
+    for skill, s in state["skills"].items():
+        for h in s.get("history", []):
+            level = str(h.get("level"))
+            best.setdefault(skill, {})[level] = max(best.get(skill, {}).get(level, 0.0), h.get("accuracy") or 0.0)
     rows = leaderboard.load(cfg.root)
     last = rows[-1]["accuracy"] if rows else {}
     pointer = promotion.current(cfg.root) or {}
     return {"wall_min": round(wall / 60, 2), "chunks": chunks, "evals": len(rows),
+            "steps": rows[-1].get("step") if rows else 0, "best_training": best,
             "promotions": sum(1 for d in promotion.history(cfg.root) if d.get("promote")),
             "mastered_min": mastered, "last_eval": last, "promoted_eval": pointer.get("eval", {}),
             "spar": spar_counts(cfg)}
@@ -143,22 +149,54 @@ def run_config(name: str, args, keep: Path | None = None) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def run_parallel(names: list[str], args) -> dict:
+    """Every configuration at once, each in a process of its own (this script with ``--configs NAME``) against
+    the current Prefect API; their results, in ``names`` order. A configuration that fails stops the run."""
+    import subprocess
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    out = Path(tempfile.mkdtemp(prefix="dojo-ab-parallel-"))
+    procs = {}
+    for name in names:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--no-harness", "--configs", name,
+               "--minutes", str(args.minutes), "--seed", str(args.seed), "--replay", str(args.replay),
+               "--steps-per-chunk", str(args.steps_per_chunk), "--examples-per-file", str(args.examples_per_file),
+               "--json", str(out / f"{name}.json")]
+        cmd += [arg for item in args.set for arg in ("--set", item)]
+        cmd += ["--keep", str(args.keep)] if args.keep else []
+        log = open(out / f"{name}.log", "w", encoding="utf-8")
+        procs[name] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        print(f"== {name}: {args.minutes} min, pid {procs[name][0].pid}, log {out / f'{name}.log'}", flush=True)
+    failed = []
+    for name, (proc, log) in procs.items():
+        if proc.wait() != 0:
+            failed.append(name)
+        log.close()
+    if failed:
+        tails = "\n".join(f"--- {n}:\n" + (out / f"{n}.log").read_text(errors="replace")[-3000:] for n in failed)
+        raise SystemExit(f"configurations failed: {', '.join(failed)} (logs in {out})\n{tails}")
+    return {name: json.loads((out / f"{name}.json").read_text(encoding="utf-8"))[name] for name in names}
+
+
 def _accuracy(scores: dict) -> str:
     return "; ".join(f"{skill} " + " ".join(f"L{lv}={a:.2f}" for lv, a in sorted(by.items(), key=lambda x: int(x[0])))
                      for skill, by in scores.items()) or "-"
 
 
 def table(results: dict[str, dict], args) -> str:
-    lines = ["| configuration | spar.after | replay_share | wall (min) | chunks | evals | promotions | "
-             "mastered at (min) | last eval | promoted | spar files queued / mixed / stale | "
-             "chunks with spar (examples) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | spar.after | replay_share | wall (min) | chunks | steps | evals | promotions | "
+             "mastered at (min) | best while training a level | last eval | promoted | "
+             "spar files queued / mixed / stale | chunks with spar (examples) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         setup = CONFIGS[name]
         mastered = ", ".join(f"{k}: {v}" for k, v in r["mastered_min"].items()) or "none"
         s = r["spar"]
         lines.append(f"| {name} | {setup['spar']} | {args.replay if setup['replay'] else 0} | {r['wall_min']} | "
-                     f"{r['chunks']} | {r['evals']} | {r['promotions']} | {mastered} | {_accuracy(r['last_eval'])} | "
+                     f"{r['chunks']} | {r.get('steps', '-')} | {r['evals']} | {r['promotions']} | {mastered} | "
+                     f"{_accuracy(r.get('best_training', {}))} | {_accuracy(r['last_eval'])} | "
                      f"{_accuracy(r['promoted_eval'])} | {s['queued']} / {s['mixed']} / {s['retired']} | "
                      f"{s['chunks']} ({s['examples']}) |")
     return "\n".join(lines)
@@ -184,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="another config value for every configuration (repeatable), e.g. eval.max_new_tokens=24")
     parser.add_argument("--keep", type=Path, help="keep each configuration's storage root under this folder")
     parser.add_argument("--no-harness", action="store_true", help="use the current Prefect API, not a temporary one")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the configurations at once, one process each against one Prefect API: the same "
+                             "minutes under the same load (each gets a share of the cores)")
     parser.add_argument("--write", action="store_true", help="append the result to docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
     args = parser.parse_args(argv)
@@ -203,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("DOJO_HOME", None)          # each configuration's dojo.yaml names its own root
 
     def run_all() -> dict:
+        if args.parallel and len(names) > 1:
+            return run_parallel(names, args)
         results = {}
         for name in names:
             print(f"== {name}: {args.minutes} min", flush=True)
@@ -223,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
     if args.write:
         command = "python benchmarks/learning_ab.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        walls = ", ".join(f"{n} {r['wall_min']} min" for n, r in results.items())
+        walls = ", ".join(f"{n} {r['wall_min']} min" for n, r in results.items()) + (
+            " (all at once, sharing the cores)" if args.parallel and len(results) > 1 else " (one after another)")
         with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
             f.write(f"\n## Learning A/B: sparring and replay ({dt.date.today().isoformat()})\n\n"
                     f"`{command.strip()}` on {machine()}; wall time per configuration: {walls}. Tiny model, "

@@ -207,8 +207,11 @@ class CurriculumConfig:
     promotion_tolerance: float = doc("largest accuracy drop on a mastered level a promotion may cause", 0.05)
     replay_share: float = doc("share of each curriculum file drawn from mastered levels, against forgetting "
                               "(plateaus add to it, up to 0.5)", 0.2)
-    plateau_evals: int = doc("evaluations at the training level without a new best that make a plateau (raise "
-                             "replay, rest the skill; recorded in state/curriculum.json); 0 = off", 5)
+    plateau_evals: int = doc("evaluations at the training level without a new best that make a plateau (lower "
+                             "the learning rate, raise replay, rest the skill; recorded in state/curriculum.json); "
+                             "0 = off", 5)
+    plateau_lr_factor: float = doc("on a plateau, multiply the skill's learning rate by this (down to 1/8 of "
+                                   "train.learning_rate; kept until the skill advances); 1 = never lower it", 0.5)
 
 
 @dataclass(frozen=True)
@@ -400,6 +403,8 @@ def _check_values(cfg: Config) -> None:
         ("curriculum.promotion_tolerance", 0.0 <= cfg.curriculum.promotion_tolerance <= 1.0, "a number in [0, 1]"),
         ("curriculum.replay_share", 0.0 <= cfg.curriculum.replay_share <= 0.5, "a number in [0, 0.5]"),
         ("curriculum.plateau_evals", cfg.curriculum.plateau_evals >= 0, "an integer >= 0 (0 = off)"),
+        ("curriculum.plateau_lr_factor", 0.0 < cfg.curriculum.plateau_lr_factor <= 1.0,
+         "a number in (0, 1] (1 = never lower the learning rate)"),
         ("pipeline.port", 1 <= cfg.pipeline.port <= 65535, "a port number"),
         ("pipeline.steps_per_chunk", cfg.pipeline.steps_per_chunk >= 0, "an integer >= 0"),
         ("pipeline.max_chunks", cfg.pipeline.max_chunks >= 0, "an integer >= 0"),

@@ -171,7 +171,8 @@ def record_progress(cfg, skill: str, level: int, accuracy: float, checkpoint: st
         c = cfg.curriculum
         open_skills = [s for s in c.skills if s in state["skills"] and not curriculum.mastered(state, s)]
         advance = curriculum.record_eval(state, skill, level, accuracy, checkpoint, step, c.window, c.threshold,
-                                         c.plateau_evals, c.strategy in ("equal", "catch_up") and len(open_skills) > 1)
+                                         c.plateau_evals, c.strategy in ("equal", "catch_up") and len(open_skills) > 1,
+                                         c.plateau_lr_factor)
         curriculum.save(cfg.root, state)
     return state, advance
 
@@ -220,12 +221,23 @@ def claim(cfg) -> Claimed | None:
 
 def chunk_plan(cfg, claimed: Claimed, steps: int | None):
     """The config and step count a claimed file trains with. A curriculum file gets the pipeline's chunk
-    (``steps`` optimizer steps); a sparring file gets ``spar.epochs`` passes over itself — a few hundred
-    corrections trained for a whole curriculum-sized chunk would be repeated ~10 times, and two thirds of their
-    answers are "It is (in)correct.": in a first A/B that knocked BIN level 1 back to ~0 after each one."""
-    if not claimed.spar:
+    (``steps`` optimizer steps) at its skill's learning rate: ``train.learning_rate`` (and ``muon_lr``) times the
+    skill's plateau scale (``curriculum.plateau_lr_factor``; ``state/curriculum.json``). A sparring file (without
+    ``spar.mix``) gets ``spar.epochs`` passes over itself — a few hundred corrections trained for a whole
+    curriculum-sized chunk would be repeated ~10 times, and two thirds of their answers are "It is (in)correct.":
+    in a first A/B that knocked BIN level 1 back to ~0 after each one."""
+    if claimed.spar:
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.spar.epochs)), None
+    if claimed.skill is None or claimed.skill not in cfg.curriculum.skills:
         return cfg, steps
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.spar.epochs)), None
+    with mirror.shared_file(cfg, "state/curriculum.json"):
+        scale = curriculum.lr_scale(curriculum.load(cfg.root, list(cfg.curriculum.skills)), claimed.skill)
+    if scale == 1.0:
+        return cfg, steps
+    log.info("%s trains at %.3f of train.learning_rate: %s's plateaus lowered it (state/curriculum.json)",
+             claimed.name, scale, claimed.skill)
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, learning_rate=cfg.train.learning_rate * scale, muon_lr=cfg.train.muon_lr * scale)), steps
 
 
 def reusable_verdict(cfg, claimed: Claimed, meta: dict) -> dict | None:
@@ -423,6 +435,6 @@ def curriculum_rows(state: dict) -> list[dict]:
                      "evals": len(s["history"]), "last_3": ", ".join(f"{a:.3f}" for a in recent),
                      "best_at_level": "-" if p.get("best") is None else f"{p['best']:.3f}",
                      "evals_since_best": p.get("since_best", 0), "replay_boost": p.get("replay_boost", 0.0),
-                     "resting_files": p.get("rest", 0),
+                     "resting_files": p.get("rest", 0), "lr_scale": p.get("lr_scale", 1.0),
                      "last_plateau_action": (f"{last['time']}: {last['action']} — {last['reason']}" if last else "-")})
     return rows

@@ -313,6 +313,22 @@ def make_schedulers(optimizers, train_cfg) -> list:
     return [torch.optim.lr_scheduler.LambdaLR(o, lr_factor(train_cfg)) for o in optimizers]
 
 
+def follow_config_rates(schedulers, peaks: list[list[float]]) -> list[tuple[float, float]]:
+    """After a resume: the schedule's peak rates become this chunk's config's (``peaks``: each scheduler's
+    ``base_lrs`` as built from ``train.learning_rate`` / ``muon_lr``, which a plateau may have scaled), at the
+    resumed position in the schedule. The optimizer and scheduler state would otherwise bring back the parent's
+    rates and silently ignore a changed config. Unchanged rates give the same floats, so an exact resume stays
+    exact. Returns (old, new) peak pairs that changed."""
+    changed = []
+    for sc, peak in zip(schedulers, peaks):
+        changed += [(old, new) for old, new in zip(sc.base_lrs, peak) if old != new]
+        sc.base_lrs = list(peak)
+        for group, base, factor in zip(sc.optimizer.param_groups, peak, sc.lr_lambdas):
+            group["initial_lr"], group["lr"] = base, base * factor(sc.last_epoch)
+        sc._last_lr = [group["lr"] for group in sc.optimizer.param_groups]
+    return changed
+
+
 # ---------------------------------------------------------------- RNG state
 def rng_state(device: str) -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -512,6 +528,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     model = prepare_model_for_training(model, checkpointing, cfg.model.compile)
     optimizers, split = build_optimizers(model, t, runtime.device)
     schedulers = make_schedulers(optimizers, t)
+    peaks = [list(sc.base_lrs) for sc in schedulers]      # this config's rates; a resume keeps them (below)
 
     global_step, epoch, offset = parent_ledger.get("step", 0), 0, 0
     saved_opts = None
@@ -558,6 +575,9 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     model, *optimizers = accelerator.prepare(model, *optimizers)
     if mode == "fsdp2" and saved_opts is not None:
         load_sharded_optimizers(model, optimizers, saved_opts)
+    if parent and ckpt.has_training_state(parent):        # the schedule resumed: at this config's rates
+        for old, new in follow_config_rates(schedulers, peaks):
+            log.info("learning rate: peak %.3g (this chunk's config) instead of %s's %.3g", new, parent.name, old)
     rows_per_step = t.micro_batch_size * t.grad_accum * processes   # every process trains its own share
     if steps is None:
         steps = max(1, math.ceil(t.epochs * data.n_rows / rows_per_step))

@@ -8,12 +8,15 @@ advance. Strategies choose the skill to generate for: ``equal`` (round robin), `
 priority order until mastered), ``weighted`` (random by weight, seeded), ``catch_up`` (lowest level first).
 
 Plateaus: each skill also keeps ``plateau`` (the best accuracy at the training level since it was reached, the
-evaluations since that best, the replay boost and the turns it rests) and ``plateau_actions`` (every action
-with its reason and time). When ``plateau_evals`` evaluations in a row do not beat the best, ``record_eval``
-acts: it raises the share of mastered-level problems replayed in curriculum files by ``REPLAY_STEP`` (up to
-``MAX_REPLAY``) when there is a mastered level, and under ``equal``/``catch_up`` with another open skill it
-rests the skill for ``REST_TURNS`` generated files so the others train. A new best, or an advance, resets the
-boost and the rest (recorded too). Files without these keys (written before plateaus existed) load as they are.
+evaluations since that best, the replay boost, the turns it rests and the learning-rate scale) and
+``plateau_actions`` (every action with its reason and time). When ``plateau_evals`` evaluations in a row do not
+beat the best, ``record_eval`` acts: it multiplies the skill's learning-rate scale by ``lr_factor`` (down to
+``MIN_LR_SCALE``; its curriculum files train at ``train.learning_rate`` × the scale), raises the share of
+mastered-level problems replayed in curriculum files by ``REPLAY_STEP`` (up to ``MAX_REPLAY``) when there is a
+mastered level, and under ``equal``/``catch_up`` with another open skill it rests the skill for ``REST_TURNS``
+generated files so the others train. A new best resets the boost and the rest but keeps the lowered learning
+rate (what found the new best); an advance resets all three, so a new level starts at the full rate (recorded
+too). Files without these keys (written before plateaus existed) load as they are.
 
 Plain functions over plain dicts, written atomically; no Prefect, no torch. ``load`` checks the file before
 anything uses it (a regular file, not too big, JSON, the shape above) and names it in every error; skills sit
@@ -37,6 +40,7 @@ MAX_STATE_BYTES = 64 << 20      # as dojo.storage.MAX_STATE_BYTES
 REPLAY_STEP = 0.1               # replay share added per plateau
 MAX_REPLAY = 0.5                # replay share never exceeds this: the training level keeps half of each file
 REST_TURNS = 2                  # generated files a plateaued skill sits out (equal / catch_up, >1 open skill)
+MIN_LR_SCALE = 0.125            # a plateau never takes the learning rate below 1/8 of train.learning_rate
 
 
 def state_path(root: Path) -> Path:
@@ -81,10 +85,11 @@ def _shape_problem(state) -> str | None:
         if not isinstance(s.get("advanced_at"), list) or not all(_is_count(i) for i in s["advanced_at"]):
             return f"skill {skill!r}: 'advanced_at' must be a list of integers >= 0"
         p = s.get("plateau", {})      # optional: files written before plateaus existed have none
-        if not isinstance(p, dict) or not (p.get("best") is None or _is_accuracy(p["best"])) or not all(
-                _is_count(p.get(k, 0)) for k in ("since_best", "rest")) or not _is_accuracy(p.get("replay_boost", 0.0)):
+        good = isinstance(p, dict) and (p.get("best") is None or _is_accuracy(p["best"])) and all(
+            _is_count(p.get(k, 0)) for k in ("since_best", "rest")) and _is_accuracy(p.get("replay_boost", 0.0))
+        if not good or not _is_accuracy(p.get("lr_scale", 1.0)) or not p.get("lr_scale", 1.0) > 0:
             return (f"skill {skill!r}: 'plateau' must hold best (an accuracy or null), since_best and rest (integers "
-                    f">= 0) and replay_boost (in [0, 1])")
+                    f">= 0), replay_boost (in [0, 1]) and lr_scale (in (0, 1])")
         if not isinstance(s.get("plateau_actions", []), list):
             return f"skill {skill!r}: 'plateau_actions' must be a list"
     return None
@@ -154,26 +159,38 @@ def _now() -> str:
 def plateau(state: dict, skill: str) -> dict:
     """The skill's plateau record (created with its defaults for a state written before plateaus existed)."""
     p = state["skills"][skill].setdefault("plateau", {})
-    for key, value in (("best", None), ("since_best", 0), ("replay_boost", 0.0), ("rest", 0)):
+    for key, value in (("best", None), ("since_best", 0), ("replay_boost", 0.0), ("rest", 0), ("lr_scale", 1.0)):
         p.setdefault(key, value)
     state["skills"][skill].setdefault("plateau_actions", [])
     return p
 
 
-def _reset_plateau(state: dict, skill: str, level: int, checkpoint: str, why: str, best) -> None:
+def _reset_plateau(state: dict, skill: str, level: int, checkpoint: str, why: str, best, advanced: bool) -> None:
+    """Clear the replay boost and the rest; on an advance also the learning-rate scale (a new level starts at the
+    full rate; a new best at the same level keeps the rate that found it)."""
     p = plateau(state, skill)
-    if p["replay_boost"] or p["rest"]:
+    lr_reset = advanced and p["lr_scale"] != 1.0
+    if p["replay_boost"] or p["rest"] or lr_reset:
+        cleared = f"replay boost {p['replay_boost']:.2f} and rest {p['rest']} cleared"
         state["skills"][skill]["plateau_actions"].append({
             "time": _now(), "level": level, "checkpoint": checkpoint, "action": "reset",
-            "reason": f"{why}: replay boost {p['replay_boost']:.2f} and rest {p['rest']} cleared"})
+            "reason": f"{why}: {cleared}" + (f"; learning rate back to 1.00 from {p['lr_scale']:.3f} of "
+                                             f"train.learning_rate" if lr_reset else "")})
     p.update(best=best, since_best=0, replay_boost=0.0, rest=0)
+    if advanced:
+        p["lr_scale"] = 1.0
 
 
-def _on_plateau(state: dict, skill: str, level: int, checkpoint: str, evals: int, can_switch: bool) -> dict:
-    """Act on a plateau at ``level``: raise replay when a level is mastered, rest the skill when another can
-    train; record the action and its reason."""
+def _on_plateau(state: dict, skill: str, level: int, checkpoint: str, evals: int, can_switch: bool,
+                lr_factor: float = 1.0) -> dict:
+    """Act on a plateau at ``level``: lower the learning rate (``lr_factor`` < 1, down to ``MIN_LR_SCALE``),
+    raise replay when a level is mastered, rest the skill when another can train; record the action and its
+    reason."""
     p = plateau(state, skill)
     done, why = [], f"{evals} evaluations at level {level} without beating the best {p['best']:.3f}"
+    if lr_factor < 1.0 and p["lr_scale"] > MIN_LR_SCALE:
+        p["lr_scale"] = round(max(MIN_LR_SCALE, p["lr_scale"] * lr_factor), 6)
+        done.append(f"learning rate x{lr_factor:g} to {p['lr_scale']:.3f} of train.learning_rate")
     if level > 1 and p["replay_boost"] < MAX_REPLAY:
         p["replay_boost"] = round(min(MAX_REPLAY, p["replay_boost"] + REPLAY_STEP), 6)
         done.append(f"replay boost +{REPLAY_STEP} to {p['replay_boost']:.2f}")
@@ -191,13 +208,14 @@ def _on_plateau(state: dict, skill: str, level: int, checkpoint: str, evals: int
 
 def record_eval(state: dict, skill: str, level: int, accuracy: float, checkpoint: str, step: int,
                 window: int = WINDOW, threshold: float = THRESHOLD, plateau_evals: int = 0,
-                can_switch: bool = False) -> dict | None:
+                can_switch: bool = False, lr_factor: float = 1.0) -> dict | None:
     """Append an evaluation at the training level; advance when the window's mean clears the threshold.
 
     Evaluations at other levels are not history for advancement (they are regression checks). Returns the
     advance record ``{skill, from_level, to_level, mean, checkpoint}`` when the skill advanced, else None.
     ``plateau_evals`` > 0: after that many evaluations in a row without a new best at the training level, act
-    (``_on_plateau``; ``can_switch`` when the strategy may rest this skill for another); a new best resets.
+    (``_on_plateau``; ``can_switch`` when the strategy may rest this skill for another; ``lr_factor`` < 1 lowers
+    its learning rate); a new best resets the boost and the rest, an advance everything.
     """
     s = state["skills"][skill]
     if level != training_level(state, skill):
@@ -207,12 +225,13 @@ def record_eval(state: dict, skill: str, level: int, accuracy: float, checkpoint
     p = plateau(state, skill)
     if p["best"] is None or accuracy > p["best"]:
         if p["best"] is not None:
-            _reset_plateau(state, skill, level, checkpoint, f"improved to {accuracy:.3f} from {p['best']:.3f}", accuracy)
+            _reset_plateau(state, skill, level, checkpoint, f"improved to {accuracy:.3f} from {p['best']:.3f}",
+                           accuracy, advanced=False)
         p["best"], p["since_best"] = accuracy, 0
     else:
         p["since_best"] += 1
         if plateau_evals and p["since_best"] >= plateau_evals:
-            _on_plateau(state, skill, level, checkpoint, p["since_best"], can_switch)
+            _on_plateau(state, skill, level, checkpoint, p["since_best"], can_switch, lr_factor)
     since = s["advanced_at"][-1] if s["advanced_at"] else 0
     recent = [h["accuracy"] for h in s["history"][since:] if h["level"] == level][-window:]
     # 1e-9: a mean of exactly the threshold (e.g. .5 .95 .95) must not fail on float rounding
@@ -220,7 +239,7 @@ def record_eval(state: dict, skill: str, level: int, accuracy: float, checkpoint
         return None
     s["level"] = level
     s["advanced_at"].append(len(s["history"]))
-    _reset_plateau(state, skill, level, checkpoint, f"advanced past level {level}", None)
+    _reset_plateau(state, skill, level, checkpoint, f"advanced past level {level}", None, advanced=True)
     return {"skill": skill, "from_level": level, "to_level": training_level(state, skill),
             "mean": sum(recent) / window, "checkpoint": checkpoint}
 
@@ -233,6 +252,11 @@ def replay_plan(state: dict, skill: str, base_share: float) -> tuple[list[int], 
         return [], 0.0
     boost = state["skills"][skill].get("plateau", {}).get("replay_boost", 0.0)
     return levels, min(MAX_REPLAY, max(base_share, 0.0) + boost)
+
+
+def lr_scale(state: dict, skill: str) -> float:
+    """The share of ``train.learning_rate`` the skill's curriculum files train at (plateaus lower it)."""
+    return float(state["skills"].get(skill, {}).get("plateau", {}).get("lr_scale", 1.0))
 
 
 def mastered(state: dict, skill: str) -> bool:

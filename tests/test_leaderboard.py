@@ -265,3 +265,30 @@ def test_learning_ab_runs_a_configuration(harness, tmp_path, capsys, one_torch_t
     assert results["both"]["spar"]["queued"] >= 1          # the untrained model is wrong: sparring ran inline
     text = capsys.readouterr().out
     assert "| both | every | 0.2 |" in text
+
+
+@pytest.mark.slow
+def test_learning_ab_runs_configurations_at_once(harness, tmp_path, capsys):
+    """``--parallel``: each configuration in a process of its own against the same Prefect API, for the same
+    minutes; one table of both, each read from its own root (what the A/B in docs/benchmarks.md ran)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_ab", REPO / "benchmarks" / "learning_ab.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    out = tmp_path / "ab.json"
+    assert ab.main(["--minutes", "0.05", "--configs", "baseline,replay", "--parallel", "--steps-per-chunk", "4",
+                    "--examples-per-file", "40", "--set", "eval.max_new_tokens=20", "--no-harness",
+                    "--keep", str(tmp_path / "roots"), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert list(results) == ["baseline", "replay"]
+    roots = {name: Path(r["root"]) for name, r in results.items()}
+    assert len(set(roots.values())) == 2                    # a root each, not one shared
+    for name, r in results.items():
+        assert r["chunks"] >= 1 and r["evals"] == len(leaderboard.load(roots[name])) == r["chunks"], (name, r)
+        assert r["steps"] == 4 * r["chunks"]
+        assert set(r["best_training"]["bin"]) == {"1"}       # level 1 only, as trained
+        cfg_used = yaml.safe_load((roots[name].parent / "dojo.yaml").read_text())
+        assert cfg_used["curriculum"]["replay_share"] == (0.0 if name == "baseline" else 0.2)
+    text = capsys.readouterr().out
+    assert "| baseline | off | 0 |" in text and "| replay | off | 0.2 |" in text

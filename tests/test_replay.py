@@ -80,7 +80,8 @@ def test_plateau_raises_replay_is_recorded_and_resets_on_improvement(tmp_path):
         state, _ = steps.record_progress(cfg, "bin", 2, acc, f"c{i}", i)
     s = json.loads((cfg.root / "state" / "curriculum.json").read_text())["skills"]["bin"]
     (action,) = s["plateau_actions"]
-    assert action["action"] == "replay boost +0.1 to 0.10" and action["checkpoint"] == "c3"
+    assert action["action"] == ("learning rate x0.5 to 0.500 of train.learning_rate; replay boost +0.1 to 0.10")
+    assert action["checkpoint"] == "c3"
     assert "3 evaluations at level 2 without beating the best 0.400" in action["reason"] and action["time"]
     assert s["plateau"]["replay_boost"] == pytest.approx(0.1) and s["plateau"]["since_best"] == 0
     assert "replay_boost" in steps.curriculum_rows(state)[0] and "replay boost" in steps.curriculum_rows(state)[0][
@@ -90,8 +91,58 @@ def test_plateau_raises_replay_is_recorded_and_resets_on_improvement(tmp_path):
     assert meta["params"]["replay_share"] == pytest.approx(0.2) and meta["params"]["replay_count"] == {"1": 8}
     state, _ = steps.record_progress(cfg, "bin", 2, 0.45, "c4", 4)          # improvement
     s = state["skills"]["bin"]
-    assert s["plateau"] == {"best": 0.45, "since_best": 0, "replay_boost": 0.0, "rest": 0}
+    assert s["plateau"] == {"best": 0.45, "since_best": 0, "replay_boost": 0.0, "rest": 0, "lr_scale": 0.5}
     assert s["plateau_actions"][-1]["action"] == "reset" and "improved to 0.450" in s["plateau_actions"][-1]["reason"]
+
+
+def test_plateau_lowers_the_learning_rate_until_the_skill_advances(tmp_path):
+    """curriculum.plateau_lr_factor: each plateau halves the skill's rate (never below 1/8), a new best keeps the
+    lowered rate, an advance restores it, every change recorded; the skill's curriculum files train at it
+    (``chunk_plan``), other files at the configured rate."""
+    from model.checkpoint import sha256_file
+
+    cfg = cfg_for(tmp_path / "root", replay_share=0.0, plateau_evals=2)
+    cfg = config.from_dict({**cfg.to_dict(), "train": {"learning_rate": 0.004, "muon_lr": 0.02}}, env={})
+    mastered_one(cfg.root)
+    steps.record_progress(cfg, "bin", 2, 0.50, "c0", 0)
+    scales = []
+    for i in range(1, 11):                                       # five plateaus of two flat evaluations each
+        state, _ = steps.record_progress(cfg, "bin", 2, 0.40, f"c{i}", i)
+        scales.append(state["skills"]["bin"]["plateau"]["lr_scale"])
+    assert scales == [1.0, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125, 0.125, 0.125, 0.125]    # floor: MIN_LR_SCALE
+    actions = [a["action"] for a in state["skills"]["bin"]["plateau_actions"]]
+    assert actions[:3] == [f"learning rate x0.5 to {x:.3f} of train.learning_rate; replay boost +0.1 to {b:.2f}"
+                           for x, b in ((0.5, 0.1), (0.25, 0.2), (0.125, 0.3))]
+    assert "learning rate" not in actions[3]                     # at the floor: only replay rises
+    assert steps.curriculum_rows(state)[0]["lr_scale"] == 0.125
+
+    steps.generate_for_curriculum(cfg)                           # a level-2 curriculum file, claimed
+    claimed = steps.claim(cfg)
+    assert (claimed.skill, claimed.level) == ("bin", 2)
+    chunk_cfg, chunk_steps = steps.chunk_plan(cfg, claimed, 100)
+    assert chunk_steps == 100
+    assert chunk_cfg.train.learning_rate == pytest.approx(0.0005) and chunk_cfg.train.muon_lr == pytest.approx(0.0025)
+    user = steps.Claimed(id="9", name="mine.jsonl", path=claimed.path, sha256=sha256_file(claimed.path),
+                         skill=None, level=None)
+    assert steps.chunk_plan(cfg, user, 100)[0].train.learning_rate == 0.004     # not a curriculum file: as set
+
+    state, _ = steps.record_progress(cfg, "bin", 2, 0.60, "c11", 11)             # a new best keeps the rate
+    assert state["skills"]["bin"]["plateau"]["lr_scale"] == 0.125
+    assert state["skills"]["bin"]["plateau"]["replay_boost"] == 0.0
+    steps.record_progress(cfg, "bin", 2, 0.95, "c12", 12)
+    state, advance = steps.record_progress(cfg, "bin", 2, 0.95, "c13", 13)       # .60 .95 .95: mastered
+    assert advance and advance["to_level"] == 3
+    assert state["skills"]["bin"]["plateau"]["lr_scale"] == 1.0
+    assert "learning rate back to 1.00 from 0.125" in state["skills"]["bin"]["plateau_actions"][-1]["reason"]
+
+    never = cfg_for(tmp_path / "never", plateau_evals=2, plateau_lr_factor=1.0)
+    mastered_one(never.root)
+    for i, acc in enumerate([0.5, 0.4, 0.4]):
+        state, _ = steps.record_progress(never, "bin", 2, acc, f"c{i}", i)
+    assert state["skills"]["bin"]["plateau"]["lr_scale"] == 1.0
+    assert state["skills"]["bin"]["plateau_actions"][-1]["action"] == "replay boost +0.1 to 0.10"
+    with pytest.raises(ValueError, match=r"curriculum.plateau_lr_factor: 0.0 is not allowed; use a number in \(0, 1\]"):
+        config.from_dict({"curriculum": {"plateau_lr_factor": 0}}, env={})
 
 
 def test_plateau_rests_a_skill_under_equal_and_level_one_records_none():

@@ -67,6 +67,24 @@ def test_two_chunks_equal_one_double_chunk(tmp_path, data_file):
     assert a["total_examples_trained"] == b["total_examples_trained"]
 
 
+def test_a_changed_learning_rate_takes_effect_at_the_next_chunk(tmp_path, data_file):
+    """The saved optimizer and scheduler state must not bring back the parent's rate: a user who edits
+    train.learning_rate (or a plateau that lowers it) gets the new peak at the resumed point of the schedule, with
+    Adam's moments kept. An unchanged config resumes exactly (the test above)."""
+    n = 4
+    home = tmp_path / "h"
+    cosine = small_config(home)
+    train_chunk(cosine, data_file, steps=n)
+    halved = small_config(home, train={"learning_rate": 0.0015})
+    second = train_chunk(halved, data_file, steps=n)
+    whole = train_chunk(small_config(tmp_path / "whole"), data_file, steps=2 * n)
+    a, b = ckpt.read_ledger(second.checkpoint), ckpt.read_ledger(whole.checkpoint)
+    assert a["learning_rate"] == pytest.approx(b["learning_rate"] / 2, rel=1e-9)   # same schedule point, half peak
+    assert a["step"] == b["step"] == 2 * n and a["has_optimizer_state"]
+    wa, wb = weights(second.checkpoint), weights(whole.checkpoint)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) > 1e-5     # it trained at the other rate
+
+
 def test_resume_without_optimizer_state_differs(tmp_path, data_file):
     """Negative control: the equivalence test above can fail. Without the saved optimizer/scheduler/data
     position the second chunk restarts Adam's moments, the warm-up and the data order, and lands elsewhere."""
