@@ -229,6 +229,10 @@ class PipelineConfig:
     zombie_window_seconds: int = doc("a run with no heartbeat for this long is marked Crashed (>= 3x heartbeat)",
                                      120)
     max_failures: int = doc("consecutive failed chunks after which train/continuous stops", 3)
+    eval_backlog: Literal["newest", "all"] = doc(
+        "when checkpoints come faster than the eval pool evaluates them: newest = a run still waiting for an older "
+        "checkpoint is superseded (Cancelled as Superseded), so the pool evaluates the newest next; all = every "
+        "checkpoint is evaluated, however far behind (also for spar/checkpoint runs)", "newest")
     # repr=False: a config printed or logged whole never shows the database password (to_dict redacts it)
     database_url: str = field(default="", repr=False, metadata={"doc": (
         "the Prefect server's database: empty = SQLite under the root; postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB "

@@ -1,16 +1,16 @@
 """train/continuous — on the training pool: claim the best queued file, re-check it, train one chunk, save, hand
-the checkpoint to evaluate/checkpoint without waiting, next; top the queue up from the curriculum; stop on
+the checkpoint to evaluate/checkpoint without waiting (superseding an older one still waiting for the eval pool:
+``flows.start_newest``), next; top the queue up from the curriculum; stop on
 cancel, max_chunks or max_hours. Only one runs per storage root (a lock); at start it returns files orphaned
 by a killed run to the queue. On cancel the claimed file goes back to the queue unless its chunk was saved."""
 import time
 
 from prefect import flow, get_run_logger
-from prefect.deployments import run_deployment
 
 from dojo import mirror, queue
 from dojo.steps import chunk_plan
 from dojo.storage import exclusive_lock
-from flows import load_config
+from flows import load_config, start_newest
 from flows.evaluate_checkpoint import checkpoint as evaluate_inline
 from tasks import pipeline as t
 
@@ -54,8 +54,7 @@ def continuous(max_chunks: int = -1, max_hours: float = -1.0, steps_per_chunk: i
             if hand_off == "inline":
                 evaluate_inline(summary["checkpoint"], config)
             else:
-                run = run_deployment("evaluate/checkpoint", parameters={"checkpoint": summary["checkpoint"],
-                                                                       "config": config},
-                                     timeout=0, as_subflow=False)
+                run = start_newest("evaluate/checkpoint", summary["checkpoint"], config, log,
+                                   supersede=p.eval_backlog == "newest")
                 log.info("handed %s to evaluate/checkpoint (run %s)", summary["checkpoint"], run.name)
     return chunks

@@ -121,6 +121,41 @@ def test_deployment_run_trains_and_hands_off_to_the_eval_pool(stack):
     assert (cfg.root / "state" / "promoted.json").exists()
 
 
+def test_a_backlogged_eval_pool_evaluates_the_newest_checkpoint(stack):
+    """Checkpoints that come faster than the eval pool takes them: the evaluate/checkpoint runs still waiting are
+    superseded (Cancelled, named "Superseded", saying by which checkpoint), so the pool evaluates the newest one
+    next instead of working through a backlog; nothing already started is touched."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from dojo import leaderboard
+
+    _, cfg, cfg_path = stack
+    before = ckpt.list_checkpoints(cfg.root)
+    with client() as c:
+        c.update_work_pool("t-eval", WorkPoolUpdate(is_paused=True))    # the eval pool busy elsewhere
+    try:
+        run = wait_state(start("train/continuous", max_chunks=3, steps_per_chunk=2, config=cfg_path).id,
+                         lambda s: s.is_final(), 300)
+        assert run.state.is_completed(), run.state
+        new = [str(p) for p in ckpt.list_checkpoints(cfg.root) if p not in before]
+        assert len(new) == 3
+        with client() as c:
+            evals = {r.parameters["checkpoint"]: r for r in c.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["evaluate"]))) if r.parameters["checkpoint"] in new}
+    finally:
+        with client() as c:
+            c.update_work_pool("t-eval", WorkPoolUpdate(is_paused=False))
+    assert set(evals) == set(new)
+    for old, newer in zip(new, new[1:]):                                # each by the next one handed off
+        assert evals[old].state.is_cancelled() and evals[old].state.name == "Superseded", evals[old].state
+        assert f"superseded by {Path(newer).name}" in evals[old].state.message
+    newest = wait_state(evals[new[2]].id, lambda s: s.is_final(), 300)
+    assert newest.state.is_completed(), newest.state
+    evaluated = {row["checkpoint"] for row in leaderboard.load(cfg.root)}
+    assert Path(new[2]).name in evaluated and not {Path(p).name for p in new[:2]} & evaluated
+
+
 def test_cancel_stops_without_partial_checkpoint_and_requeues(stack):
     _, cfg, cfg_path = stack
     before = ckpt.list_checkpoints(cfg.root)
