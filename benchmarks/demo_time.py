@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dojo import leaderboard
+
 ROOT = Path(__file__).resolve().parent.parent
 DOJO = str(Path(sys.executable).parent / "dojo")
 
@@ -40,21 +42,6 @@ def curriculum_state(home: Path) -> dict:
 def checkpoints(home: Path) -> list[str]:
     folder = home / "checkpoints"
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")) if folder.is_dir() else []
-
-
-def leaderboard_rows(home: Path) -> list[dict]:
-    """The evaluated checkpoints so far (``state/leaderboard.jsonl``); a line caught mid-write is skipped."""
-    rows = []
-    try:
-        lines = (home / "state" / "leaderboard.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass
-    return rows
 
 
 def stack_cpu(home: Path) -> dict[str, float]:
@@ -105,7 +92,7 @@ def measure(config: Path, timeout_min: float, keep: bool = False, level: int = 1
             for h in history[seen_evals:]:
                 note(f"evaluated step {h.get('step')}: level {h.get('level')} accuracy {h.get('accuracy'):.3f}")
             seen_evals = len(history)
-            rows = leaderboard_rows(home)
+            rows = leaderboard.load(home)         # a torn last line is skipped
             for row in rows[seen_rows:]:
                 if row.get("promoted"):
                     scores = row.get("accuracy", {}).get("bin", {})

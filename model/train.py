@@ -532,7 +532,8 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
 
     global_step, epoch, offset = parent_ledger.get("step", 0), 0, 0
     saved_opts = None
-    if parent and ckpt.has_training_state(parent):
+    resumed = bool(parent) and ckpt.has_training_state(parent)      # optimizer and schedule come from the parent
+    if resumed:
         state_dir = parent / ckpt.STATE_DIR
         saved_opts, saved_scheds = ckpt.load_state(state_dir, "optimizer"), ckpt.load_state(state_dir, "scheduler")
         if len(saved_opts) != len(optimizers) or parent_ledger.get("runtime", {}).get("optimizer") != t.optimizer:
@@ -575,7 +576,7 @@ def _train_chunk(cfg: Config, data_file: Path, steps: int | None,
     model, *optimizers = accelerator.prepare(model, *optimizers)
     if mode == "fsdp2" and saved_opts is not None:
         load_sharded_optimizers(model, optimizers, saved_opts)
-    if parent and ckpt.has_training_state(parent):        # the schedule resumed: at this config's rates
+    if resumed:                                           # the schedule resumed: at this config's rates
         for old, new in follow_config_rates(schedulers, peaks):
             log.info("learning rate: peak %.3g (this chunk's config) instead of %s's %.3g", new, parent.name, old)
     rows_per_step = t.micro_batch_size * t.grad_accum * processes   # every process trains its own share
