@@ -17,6 +17,8 @@ another ``config.json`` and ``model.init: random``) and the learning rate.
 | tiny-lr1e-3 | the same, learning rate 1e-3 | |
 | wide | 4 × 256 (8, 4), MLP 768 | ~3.3 M |
 | deep | 8 × 128 (4, 2) | ~1.7 M |
+| tiny-wd0.1, tiny-wd1 | the built-in model, AdamW weight decay 0.1 or 1.0 | |
+| tiny-muon | the built-in model, Muon for the hidden matrices (AdamW for the rest), weight decay 0.1 | |
 
 ``--write`` appends the table to docs/benchmarks.md with the command, machine and date.
 """
@@ -45,6 +47,9 @@ VARIANTS = {
     "wide": {"model": {"hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 8,
                        "num_key_value_heads": 4}, "lr": 2e-3},
     "deep": {"model": {"num_hidden_layers": 8, "layer_types": ["full_attention"] * 8}, "lr": None},
+    "tiny-wd0.1": {"model": {}, "lr": None, "train": {"weight_decay": 0.1}},
+    "tiny-wd1": {"model": {}, "lr": None, "train": {"weight_decay": 1.0}},
+    "tiny-muon": {"model": {}, "lr": None, "train": {"optimizer": "muon", "weight_decay": 0.1}},
 }
 
 
@@ -73,6 +78,7 @@ def make_cfg(folder: Path, name: str):
         data["model"] = {"name_or_path": str(path), "init": "random"}
     if variant["lr"]:
         data.setdefault("train", {})["learning_rate"] = variant["lr"]
+    data.setdefault("train", {}).update(variant.get("train", {}))
     data.setdefault("eval", {})["show_failures"] = 10_000
     return config.from_dict(data, env={})
 

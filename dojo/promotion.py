@@ -65,6 +65,16 @@ def current(root: Path) -> dict | None:
     return pointer
 
 
+def slipped(scores: dict[str, float], promoted: dict | None, skill: str, mastered_levels: list[int],
+            tolerance: float = TOLERANCE) -> dict[int, tuple[float, float]]:
+    """Mastered levels on which ``scores`` fall more than ``tolerance`` below the promoted checkpoint's:
+    level -> (score, promoted score). The regression guard refuses such a candidate; the curriculum replays
+    mastered levels on a plateau only while one has slipped. Levels not in ``scores`` are not judged."""
+    old = (promoted or {}).get("eval", {}).get(skill, {})
+    return {level: (scores[str(level)], old[str(level)]) for level in mastered_levels
+            if str(level) in old and str(level) in scores and scores[str(level)] < old[str(level)] - tolerance}
+
+
 def decide(candidate: str, scores: dict[str, float], promoted: dict | None, skill: str, training_level: int,
            mastered_levels: list[int], tolerance: float = TOLERANCE) -> Decision:
     """``scores`` maps level (as str) -> accuracy for the candidate on ``skill``."""
@@ -80,12 +90,11 @@ def decide(candidate: str, scores: dict[str, float], promoted: dict | None, skil
     if scores[key] <= old.get(key, -1.0):
         return Decision(False, candidate, previous, skill, training_level,
                         f"level {training_level}: {scores[key]:.3f} does not beat the promoted {old.get(key, 0):.3f}")
-    for level in mastered_levels:
-        lk = str(level)
-        if lk in old and lk in scores and scores[lk] < old[lk] - tolerance:
-            return Decision(False, candidate, previous, skill, training_level,
-                            f"regression on mastered level {level}: {scores[lk]:.3f} vs {old[lk]:.3f} "
-                            f"(tolerance {tolerance})")
+    drops = slipped(scores, promoted, skill, mastered_levels, tolerance)
+    if drops:
+        level, (score, before) = next(iter(drops.items()))
+        return Decision(False, candidate, previous, skill, training_level,
+                        f"regression on mastered level {level}: {score:.3f} vs {before:.3f} (tolerance {tolerance})")
     beat = old.get(key)
     return Decision(True, candidate, previous, skill, training_level,
                     f"level {training_level}: {scores[key]:.3f} beats the promoted "

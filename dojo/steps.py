@@ -163,16 +163,18 @@ def curriculum_plan(cfg) -> dict:
 
 
 def record_progress(cfg, skill: str, level: int, accuracy: float, checkpoint: str,
-                    step: int) -> tuple[dict, dict | None]:
+                    step: int, slipped: list[int] | None = None) -> tuple[dict, dict | None]:
     """Record an evaluation at the training level in ``state/curriculum.json`` (a locked read-modify-write:
-    the training pool counts generated files in the same file). Returns the new state and the advance, if any."""
+    the training pool counts generated files in the same file). ``slipped``: the mastered levels this evaluation
+    found below the promoted checkpoint beyond the tolerance (None: none was evaluated). Returns the new state
+    and the advance, if any."""
     with mirror.shared_file(cfg, "state/curriculum.json"):    # the training pool writes it too
         state = curriculum.load(cfg.root, list(cfg.curriculum.skills))
         c = cfg.curriculum
         open_skills = [s for s in c.skills if s in state["skills"] and not curriculum.mastered(state, s)]
         advance = curriculum.record_eval(state, skill, level, accuracy, checkpoint, step, c.window, c.threshold,
                                          c.plateau_evals, c.strategy in ("equal", "catch_up") and len(open_skills) > 1,
-                                         c.plateau_lr_factor)
+                                         c.plateau_lr_factor, slipped)
         curriculum.save(cfg.root, state)
     return state, advance
 
@@ -364,9 +366,11 @@ def evaluate_and_promote(cfg, checkpoint: str) -> dict:
     levels = dict(sorted(levels.items(), key=lambda x: int(x[0])))
     scores = {lv: r["accuracy"] for lv, r in levels.items()}
     skipped = [lv for lv in below if str(lv) not in scores]
-    state, advance = record_progress(cfg, skill, level, scores[str(level)], path.name, ledger["step"])
-    mastered = [lv for lv in range(1, state["skills"][skill]["level"] + 1) if lv != level]
     tolerance = cfg.curriculum.promotion_tolerance
+    seen = [lv for lv in below if str(lv) in scores]
+    slipped = sorted(promotion.slipped(scores, promotion.current(cfg.root), skill, seen, tolerance)) if seen else None
+    state, advance = record_progress(cfg, skill, level, scores[str(level)], path.name, ledger["step"], slipped)
+    mastered = [lv for lv in range(1, state["skills"][skill]["level"] + 1) if lv != level]
     with mirror.shared_file(cfg, *promotion.POINTERS):   # decide against the pointer as it is when we write it
         decision = promotion.decide(path.name, scores, promotion.current(cfg.root), skill, level, mastered, tolerance)
         unseen = [lv for lv in mastered if str(lv) not in scores]

@@ -12,8 +12,9 @@ evaluations since that best, the replay boost, the turns it rests and the learni
 ``plateau_actions`` (every action with its reason and time). When ``plateau_evals`` evaluations in a row do not
 beat the best, ``record_eval`` acts: it multiplies the skill's learning-rate scale by ``lr_factor`` (down to
 ``MIN_LR_SCALE``; its curriculum files train at ``train.learning_rate`` × the scale), raises the share of
-mastered-level problems replayed in curriculum files by ``REPLAY_STEP`` (up to ``MAX_REPLAY``) when there is a
-mastered level, and under ``equal``/``catch_up`` with another open skill it rests the skill for ``REST_TURNS``
+mastered-level problems replayed in curriculum files by ``REPLAY_STEP`` (up to ``MAX_REPLAY``) while a mastered
+level has slipped (``slipped``: below the promoted checkpoint by more than the promotion tolerance at its last
+evaluation; unknown counts as slipped), and under ``equal``/``catch_up`` with another open skill it rests the skill for ``REST_TURNS``
 generated files so the others train. A new best resets the boost and the rest but keeps the lowered learning
 rate (what found the new best); an advance resets all three, so a new level starts at the full rate (recorded
 too). Files without these keys (written before plateaus existed) load as they are.
@@ -87,9 +88,11 @@ def _shape_problem(state) -> str | None:
         p = s.get("plateau", {})      # optional: files written before plateaus existed have none
         good = isinstance(p, dict) and (p.get("best") is None or _is_accuracy(p["best"])) and all(
             _is_count(p.get(k, 0)) for k in ("since_best", "rest")) and _is_accuracy(p.get("replay_boost", 0.0))
+        slipped = p.get("slipped") if isinstance(p, dict) else None
+        good = good and (slipped is None or isinstance(slipped, list) and all(_is_count(x) for x in slipped))
         if not good or not _is_accuracy(p.get("lr_scale", 1.0)) or not p.get("lr_scale", 1.0) > 0:
             return (f"skill {skill!r}: 'plateau' must hold best (an accuracy or null), since_best and rest (integers "
-                    f">= 0), replay_boost (in [0, 1]) and lr_scale (in (0, 1])")
+                    f">= 0), replay_boost (in [0, 1]), lr_scale (in (0, 1]) and slipped (null or a list of levels)")
         if not isinstance(s.get("plateau_actions", []), list):
             return f"skill {skill!r}: 'plateau_actions' must be a list"
     return None
@@ -159,7 +162,8 @@ def _now() -> str:
 def plateau(state: dict, skill: str) -> dict:
     """The skill's plateau record (created with its defaults for a state written before plateaus existed)."""
     p = state["skills"][skill].setdefault("plateau", {})
-    for key, value in (("best", None), ("since_best", 0), ("replay_boost", 0.0), ("rest", 0), ("lr_scale", 1.0)):
+    for key, value in (("best", None), ("since_best", 0), ("replay_boost", 0.0), ("rest", 0), ("lr_scale", 1.0),
+                       ("slipped", None)):
         p.setdefault(key, value)
     state["skills"][skill].setdefault("plateau_actions", [])
     return p
@@ -178,29 +182,34 @@ def _reset_plateau(state: dict, skill: str, level: int, checkpoint: str, why: st
                                              f"train.learning_rate" if lr_reset else "")})
     p.update(best=best, since_best=0, replay_boost=0.0, rest=0)
     if advanced:
-        p["lr_scale"] = 1.0
+        p.update(lr_scale=1.0, slipped=None)    # the new mastered level has not been compared yet
 
 
 def _on_plateau(state: dict, skill: str, level: int, checkpoint: str, evals: int, can_switch: bool,
                 lr_factor: float = 1.0) -> dict:
     """Act on a plateau at ``level``: lower the learning rate (``lr_factor`` < 1, down to ``MIN_LR_SCALE``),
-    raise replay when a level is mastered, rest the skill when another can train; record the action and its
-    reason."""
+    raise replay when a mastered level has slipped (or when that is not known yet), rest the skill when another
+    can train; record the action and its reason."""
     p = plateau(state, skill)
     done, why = [], f"{evals} evaluations at level {level} without beating the best {p['best']:.3f}"
     if lr_factor < 1.0 and p["lr_scale"] > MIN_LR_SCALE:
         p["lr_scale"] = round(max(MIN_LR_SCALE, p["lr_scale"] * lr_factor), 6)
         done.append(f"learning rate x{lr_factor:g} to {p['lr_scale']:.3f} of train.learning_rate")
-    if level > 1 and p["replay_boost"] < MAX_REPLAY:
+    slipping = p["slipped"] is None or bool(p["slipped"])     # None: no mastered level compared yet
+    if level > 1 and slipping and p["replay_boost"] < MAX_REPLAY:
         p["replay_boost"] = round(min(MAX_REPLAY, p["replay_boost"] + REPLAY_STEP), 6)
-        done.append(f"replay boost +{REPLAY_STEP} to {p['replay_boost']:.2f}")
+        done.append(f"replay boost +{REPLAY_STEP} to {p['replay_boost']:.2f}"
+                    + (f" (mastered level(s) {p['slipped']} slipped)" if p["slipped"] else ""))
+    elif level > 1 and not slipping:
+        why += "; replay not raised: no mastered level has slipped"
     if can_switch:
         p["rest"] = REST_TURNS
         done.append(f"switch: rest {skill} for {REST_TURNS} generated files")
     action = {"time": _now(), "level": level, "checkpoint": checkpoint,
               "action": "; ".join(done) or "none",
-              "reason": why if done else (f"{why}; nothing to change (no mastered level to replay, and no other "
-                                          f"skill to switch to under this strategy)")}
+              "reason": why if done else (f"{why}; nothing to change (learning rate at its floor or not lowered, "
+                                          f"no mastered level to replay, and no other skill to switch to under "
+                                          f"this strategy)")}
     state["skills"][skill]["plateau_actions"].append(action)
     p["since_best"] = 0
     return action
@@ -208,14 +217,17 @@ def _on_plateau(state: dict, skill: str, level: int, checkpoint: str, evals: int
 
 def record_eval(state: dict, skill: str, level: int, accuracy: float, checkpoint: str, step: int,
                 window: int = WINDOW, threshold: float = THRESHOLD, plateau_evals: int = 0,
-                can_switch: bool = False, lr_factor: float = 1.0) -> dict | None:
+                can_switch: bool = False, lr_factor: float = 1.0, slipped: list[int] | None = None) -> dict | None:
     """Append an evaluation at the training level; advance when the window's mean clears the threshold.
 
     Evaluations at other levels are not history for advancement (they are regression checks). Returns the
     advance record ``{skill, from_level, to_level, mean, checkpoint}`` when the skill advanced, else None.
     ``plateau_evals`` > 0: after that many evaluations in a row without a new best at the training level, act
     (``_on_plateau``; ``can_switch`` when the strategy may rest this skill for another; ``lr_factor`` < 1 lowers
-    its learning rate); a new best resets the boost and the rest, an advance everything.
+    its learning rate); a new best resets the boost and the rest, an advance everything. ``slipped``: the
+    mastered levels this evaluation found below the promoted checkpoint by more than the tolerance
+    (``dojo.promotion.slipped``; None when no mastered level was evaluated, which keeps the last known list): a
+    plateau raises replay only while one has slipped, since replay does nothing for a level that holds.
     """
     s = state["skills"][skill]
     if level != training_level(state, skill):
@@ -223,6 +235,8 @@ def record_eval(state: dict, skill: str, level: int, accuracy: float, checkpoint
     s["history"].append({"level": level, "accuracy": accuracy, "checkpoint": checkpoint, "step": step,
                          "time": _now()})
     p = plateau(state, skill)
+    if slipped is not None:
+        p["slipped"] = sorted(slipped)
     if p["best"] is None or accuracy > p["best"]:
         if p["best"] is not None:
             _reset_plateau(state, skill, level, checkpoint, f"improved to {accuracy:.3f} from {p['best']:.3f}",

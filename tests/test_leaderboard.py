@@ -161,10 +161,14 @@ def test_mastered_levels_skipped_until_a_promotion_needs_them(trained, one_torch
     rows = leaderboard.load(cfg.root)
     assert rows[-1]["skipped"] == {"bin": [1]} and list(rows[-1]["accuracy"]["bin"]) == ["2"]
     assert out["leaderboard"][0]["skipped"] == "1"
+    assert cur.load(cfg.root, ["bin"])["skills"]["bin"]["plateau"]["slipped"] is None   # level 1 not seen
     # due: the third evaluation of the skill (history 3 % 3 == 0) evaluates level 1 as well
     level_two_state(cfg.root, evals=3)
     out = steps.evaluate_and_promote(cfg, str(checkpoint))
     assert list(out["levels"]) == ["1", "2"] and out["skipped_levels"] == [] and not out["forced_mastered_eval"]
+    # two training steps are far below the promoted 1.0 at level 1: the curriculum knows level 1 slipped
+    assert out["levels"]["1"]["accuracy"] < 1.0 - cfg.curriculum.promotion_tolerance
+    assert cur.load(cfg.root, ["bin"])["skills"]["bin"]["plateau"]["slipped"] == [1]
 
 
 @pytest.mark.slow

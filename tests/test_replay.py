@@ -91,7 +91,8 @@ def test_plateau_raises_replay_is_recorded_and_resets_on_improvement(tmp_path):
     assert meta["params"]["replay_share"] == pytest.approx(0.2) and meta["params"]["replay_count"] == {"1": 8}
     state, _ = steps.record_progress(cfg, "bin", 2, 0.45, "c4", 4)          # improvement
     s = state["skills"]["bin"]
-    assert s["plateau"] == {"best": 0.45, "since_best": 0, "replay_boost": 0.0, "rest": 0, "lr_scale": 0.5}
+    assert s["plateau"] == {"best": 0.45, "since_best": 0, "replay_boost": 0.0, "rest": 0, "lr_scale": 0.5,
+                          "slipped": None}
     assert s["plateau_actions"][-1]["action"] == "reset" and "improved to 0.450" in s["plateau_actions"][-1]["reason"]
 
 
@@ -143,6 +144,38 @@ def test_plateau_lowers_the_learning_rate_until_the_skill_advances(tmp_path):
     assert state["skills"]["bin"]["plateau_actions"][-1]["action"] == "replay boost +0.1 to 0.10"
     with pytest.raises(ValueError, match=r"curriculum.plateau_lr_factor: 0.0 is not allowed; use a number in \(0, 1\]"):
         config.from_dict({"curriculum": {"plateau_lr_factor": 0}}, env={})
+
+
+def test_plateau_raises_replay_only_while_a_mastered_level_has_slipped(tmp_path):
+    """Replay does nothing for a mastered level that holds and takes the training level's share of each file: a
+    plateau raises it only while the last evaluation of a mastered level found it below the promoted checkpoint
+    by more than the tolerance (``slipped``); not knowing yet counts as slipped (the cautious side)."""
+    cfg = cfg_for(tmp_path / "root", replay_share=0.2, plateau_evals=2)
+    mastered_one(cfg.root)
+    steps.record_progress(cfg, "bin", 2, 0.50, "c0", 0, slipped=[])           # level 1 evaluated: it holds
+    for i in (1, 2):
+        state, _ = steps.record_progress(cfg, "bin", 2, 0.40, f"c{i}", i, slipped=None if i == 2 else [])
+    action = state["skills"]["bin"]["plateau_actions"][-1]
+    assert action["action"] == "learning rate x0.5 to 0.500 of train.learning_rate"
+    assert "replay not raised: no mastered level has slipped" in action["reason"]
+    assert state["skills"]["bin"]["plateau"]["replay_boost"] == 0.0 and state["skills"]["bin"]["plateau"][
+        "slipped"] == []                                                       # None: the last known list stays
+    steps.generate_for_curriculum(cfg)
+    assert queued_file(cfg)[1]["params"]["replay_share"] == pytest.approx(0.2)    # the configured share only
+    for i in (3, 4):                                                           # level 1 drops under the guard
+        state, _ = steps.record_progress(cfg, "bin", 2, 0.40, f"c{i}", i, slipped=[1])
+    action = state["skills"]["bin"]["plateau_actions"][-1]
+    assert action["action"] == ("learning rate x0.5 to 0.250 of train.learning_rate; replay boost +0.1 to 0.10 "
+                                "(mastered level(s) [1] slipped)")
+    state, advance = steps.record_progress(cfg, "bin", 2, 0.90, "c5", 5)
+    state, advance = steps.record_progress(cfg, "bin", 2, 0.90, "c6", 6)
+    state, advance = steps.record_progress(cfg, "bin", 2, 0.90, "c7", 7)
+    assert advance and state["skills"]["bin"]["plateau"]["slipped"] is None    # level 2 not compared yet
+    stale = dict(state["skills"]["bin"]["plateau"], slipped=["1"])
+    (cfg.root / "state" / "curriculum.json").write_text(json.dumps(
+        {**state, "skills": {"bin": {**state["skills"]["bin"], "plateau": stale}}}))
+    with pytest.raises(ValueError, match=r"slipped \(null or a list of levels\)"):
+        cur.load(cfg.root, ["bin"])
 
 
 def test_plateau_rests_a_skill_under_equal_and_level_one_records_none():
