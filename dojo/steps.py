@@ -440,5 +440,6 @@ def curriculum_rows(state: dict) -> list[dict]:
                      "best_at_level": "-" if p.get("best") is None else f"{p['best']:.3f}",
                      "evals_since_best": p.get("since_best", 0), "replay_boost": p.get("replay_boost", 0.0),
                      "resting_files": p.get("rest", 0), "lr_scale": p.get("lr_scale", 1.0),
+                     "slipped_levels": "?" if p.get("slipped") is None else ", ".join(map(str, p["slipped"])) or "-",
                      "last_plateau_action": (f"{last['time']}: {last['action']} — {last['reason']}" if last else "-")})
     return rows

@@ -167,6 +167,7 @@ def test_plateau_raises_replay_only_while_a_mastered_level_has_slipped(tmp_path)
     action = state["skills"]["bin"]["plateau_actions"][-1]
     assert action["action"] == ("learning rate x0.5 to 0.250 of train.learning_rate; replay boost +0.1 to 0.10 "
                                 "(mastered level(s) [1] slipped)")
+    assert steps.curriculum_rows(state)[0]["slipped_levels"] == "1"
     state, advance = steps.record_progress(cfg, "bin", 2, 0.90, "c5", 5)
     state, advance = steps.record_progress(cfg, "bin", 2, 0.90, "c6", 6)
     state, advance = steps.record_progress(cfg, "bin", 2, 0.90, "c7", 7)
