@@ -128,3 +128,32 @@ def test_gpu_report_from_suite_results(tmp_path):
     assert "flex / sdpa 1.30× → flex_attention" in out
     assert "17.0 GB vs 18.6 GB: under" in out
     assert "missing flash_attn" in out
+
+
+def test_bin_generalisation_scores_the_training_space_against_the_held_out_set(tmp_path, capsys):
+    """benchmarks/bin_generalisation.py on a real (2-step) level-2 checkpoint: both sets answered, the sample drawn
+    from outside the eval set, level 1 (nothing held out) refused with the reason."""
+    import importlib.util
+    import json
+
+    from dojo import config
+    from dojo.generate import generate_file
+    from model.train import train_chunk
+    from skills import bin as bin_skill
+
+    spec = importlib.util.spec_from_file_location("bin_generalisation", ROOT / "benchmarks" / "bin_generalisation.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    (tmp_path / "dojo.yaml").write_text(f"storage: {{root: {tmp_path / 'root'}}}\ndata: {{max_length: 128}}\n"
+                                        "train: {warmup_steps: 1}\neval: {max_new_tokens: 12}\n")
+    cfg = config.load(str(tmp_path / "dojo.yaml"), env={})
+    checkpoint = train_chunk(cfg, generate_file("bin", 2, 40, 3, tmp_path / "bin2.jsonl"), steps=2).checkpoint
+    assert gen.main([str(checkpoint), "--config", str(tmp_path / "dojo.yaml"), "--sample", "30"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert not {p.key for p in gen.training_sample(2, 10_000)} & bin_skill.eval_keys(2)
+    assert len(gen.training_sample(2, 10_000)) == len(bin_skill.enumerate_problems(2)) - len(bin_skill.eval_keys(2))
+    assert out["training_space"]["n"] == 30 and out["held_out"]["n"] == len(bin_skill.eval_problems(2))
+    assert set(out["held_out"]["by_op"]) == set(bin_skill.LEVEL_OPS[2])
+    assert out["gap"] == round(out["training_space"]["accuracy"] - out["held_out"]["accuracy"], 3)
+    assert gen.main([str(checkpoint), "--config", str(tmp_path / "dojo.yaml"), "--level", "1"]) == 2
+    assert "nothing is held out" in capsys.readouterr().err
