@@ -15,9 +15,9 @@ beat the best, ``record_eval`` acts: it multiplies the skill's learning-rate sca
 mastered-level problems replayed in curriculum files by ``REPLAY_STEP`` (up to ``MAX_REPLAY``) while a mastered
 level has slipped (``slipped``: below the promoted checkpoint by more than the promotion tolerance at its last
 evaluation; unknown counts as slipped), and under ``equal``/``catch_up`` with another open skill it rests the
-skill for ``REST_TURNS`` generated files so the others train. A new best resets the boost and the rest but keeps the lowered learning
-rate (what found the new best); an advance resets all three, so a new level starts at the full rate (recorded
-too). Files without these keys (written before plateaus existed) load as they are.
+skill for ``REST_TURNS`` generated files so the others train. A new best resets the boost and the rest but keeps
+the lowered learning rate (what found the new best); an advance resets all three, so a new level starts at the
+full rate (recorded too). Files without these keys (written before plateaus existed) load as they are.
 
 Plain functions over plain dicts, written atomically; no Prefect, no torch. ``load`` checks the file before
 anything uses it (a regular file, not too big, JSON, the shape above) and names it in every error; skills sit
