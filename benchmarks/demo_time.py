@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,34 +81,46 @@ def measure(config: Path, timeout_min: float, keep: bool = False, level: int = 1
     if up.returncode != 0:
         raise SystemExit(f"dojo up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}")
     note("stack up (`dojo up` returned: server, pools, workers, deployments, train/continuous started)")
-    mastered_at, mastered = None, {}
+    mastered_at, mastered, stopped = None, {}, False
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # SIGTERM, and SIGINT even in a background job (where the shell ignores it): stop early, still `dojo down`,
+    # still write what was seen
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     try:
-        while time.monotonic() - start < timeout_min * 60:
-            for name in checkpoints(home):
-                if name not in seen_ckpts:
-                    seen_ckpts.add(name)
-                    note(f"checkpoint written: {name}")
-            bin_state = curriculum_state(home).get("skills", {}).get("bin", {})
-            history = bin_state.get("history", [])
-            for h in history[seen_evals:]:
-                note(f"evaluated step {h.get('step')}: level {h.get('level')} accuracy {h.get('accuracy'):.3f}")
-            seen_evals = len(history)
-            rows = leaderboard.load(home)         # a torn last line is skipped
-            for row in rows[seen_rows:]:
-                if row.get("promoted"):
-                    scores = row.get("accuracy", {}).get("bin", {})
-                    note(f"promoted {row.get('checkpoint')} (training level {row.get('training_level')}: "
-                         + ", ".join(f"L{k} {v:.3f}" for k, v in sorted(scores.items())) + ")")
-                    promotions.append((timeline[-1][0], row.get("checkpoint"), row.get("training_level")))
-            seen_rows = len(rows)
-            while bin_state.get("level", 0) > len(mastered):
-                n = len(mastered) + 1
-                note(f"BIN level {n} mastered (advanced to level {n + 1})")
-                mastered[n] = timeline[-1][0]
-            if len(mastered) >= level:
-                mastered_at = mastered[level]
-                break
-            time.sleep(1.0)
+        try:
+            while time.monotonic() - start < timeout_min * 60:
+                for name in checkpoints(home):
+                    if name not in seen_ckpts:
+                        seen_ckpts.add(name)
+                        note(f"checkpoint written: {name}")
+                bin_state = curriculum_state(home).get("skills", {}).get("bin", {})
+                history = bin_state.get("history", [])
+                for h in history[seen_evals:]:
+                    note(f"evaluated step {h.get('step')}: level {h.get('level')} accuracy {h.get('accuracy'):.3f}")
+                seen_evals = len(history)
+                rows = leaderboard.load(home)         # a torn last line is skipped
+                for row in rows[seen_rows:]:
+                    if row.get("promoted"):
+                        scores = row.get("accuracy", {}).get("bin", {})
+                        note(f"promoted {row.get('checkpoint')} (training level {row.get('training_level')}: "
+                             + ", ".join(f"L{k} {v:.3f}" for k, v in sorted(scores.items())) + ")")
+                        promotions.append((timeline[-1][0], row.get("checkpoint"), row.get("training_level")))
+                seen_rows = len(rows)
+                while bin_state.get("level", 0) > len(mastered):
+                    n = len(mastered) + 1
+                    note(f"BIN level {n} mastered (advanced to level {n + 1})")
+                    mastered[n] = timeline[-1][0]
+                if len(mastered) >= level:
+                    mastered_at = mastered[level]
+                    break
+                time.sleep(1.0)
+        except KeyboardInterrupt as e:
+            note(f"stopped early by {e}")
+            stopped = True
     finally:
         cpu = stack_cpu(home)
         down = subprocess.run([DOJO, "down"], env=env, cwd=ROOT, capture_output=True, text=True)
@@ -116,7 +129,7 @@ def measure(config: Path, timeout_min: float, keep: bool = False, level: int = 1
     result = {"level": level, "mastered_s": mastered_at, "levels_s": mastered, "timeline": timeline,
               "promotions": promotions, "evaluations": seen_evals, "load_start": round(load_start, 2),
               "load_end": round(os.getloadavg()[0], 2), "home": str(home), "timeout_min": timeout_min,
-              "cpu_s": cpu, "wall_s": round(time.monotonic() - start, 1)}
+              "cpu_s": cpu, "wall_s": round(time.monotonic() - start, 1), "stopped_early": stopped}
     if not keep:
         shutil.rmtree(home.parent, ignore_errors=True)
     return result
@@ -125,6 +138,7 @@ def measure(config: Path, timeout_min: float, keep: bool = False, level: int = 1
 def markdown(result: dict, command: str, config: Path) -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     verdict = (f"**{result['mastered_s'] / 60:.1f} min** ({result['mastered_s']:.0f} s)" if result["mastered_s"]
+               else f"not mastered; stopped early at {result['wall_s'] / 60:.1f} min" if result.get("stopped_early")
                else f"not mastered within {result['timeout_min']} min")
     level = result.get("level", 1)
     lines = [f"### `dojo up` → BIN level {level} mastered: {verdict} — {now}", "",

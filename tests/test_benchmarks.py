@@ -157,3 +157,19 @@ def test_bin_generalisation_scores_the_training_space_against_the_held_out_set(t
     assert out["gap"] == round(out["training_space"]["accuracy"] - out["held_out"]["accuracy"], 3)
     assert gen.main([str(checkpoint), "--config", str(tmp_path / "dojo.yaml"), "--level", "1"]) == 2
     assert "nothing is held out" in capsys.readouterr().err
+
+
+def test_demo_time_reports_a_run_stopped_early_as_such():
+    """A demo_time run stopped by a signal says so in its table rather than 'not mastered within 60 min'."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_time", ROOT / "benchmarks" / "demo_time.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    result = {"level": 2, "mastered_s": None, "levels_s": {1: 389.0}, "timeline": [(389.0, "BIN level 1 mastered"),
+              (1900.0, "stopped early by SIGTERM")], "promotions": [], "evaluations": 72, "load_start": 1.0,
+              "load_end": 2.0, "timeout_min": 60, "cpu_s": {}, "wall_s": 1900.0, "stopped_early": True}
+    text = demo.markdown(result, "python benchmarks/demo_time.py --level 2", ROOT / "dojo.yaml")
+    assert "not mastered; stopped early at 31.7 min" in text and "within 60 min" not in text
+    assert "stopped early by SIGTERM" in text
+    assert "within 60 min" in demo.markdown({**result, "stopped_early": False}, "x", ROOT / "dojo.yaml")
