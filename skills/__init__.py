@@ -1,8 +1,9 @@
 """Skills: generators, scorers and fixed eval sets. Never imports prefect or torch.
 
 ``SKILLS`` is the one registry of skills: name -> module with LEVELS, GENERATOR_ID/VERSION, generate,
-to_chat, eval_problems, covers_space, problem_space_size and score. The curriculum, the config check, the
-generator and the evaluator all look skills up here; add a skill by adding it to this dict.
+to_chat, eval_problems, eval_keys, held_out_keys (what no generator may emit), covers_space, problem_space_size
+and score. The curriculum, the config check, the generator and the evaluator all look skills up here; add a skill
+by adding it to this dict.
 """
 from skills import bin as bin_skill
 from skills import syllo as syllo_skill

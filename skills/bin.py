@@ -43,8 +43,15 @@ Scoring rules (see `score`):
 
 Eval sets are fixed per level (seeded by EVAL_SEED and the level only).  Where
 a level's whole space fits in 2 * EVAL_SIZE (level 1) the eval set is the
-whole space and necessarily overlaps training; elsewhere `generate` never
-emits an eval problem.
+whole space and necessarily overlaps training.  Elsewhere the eval set is
+held out: it is drawn from outside the spaces of such covered levels (level
+1's problems are trained at level 1, so they cannot be held out at level 2),
+and `generate` never emits a held-out problem of ANY level (`held_out_keys`):
+the levels' spaces overlap (level 2's 0-20 holds level 1's 0-10, level 3's
+10-100 holds some of level 2's, level 4 holds all of level 3's), so a held-out
+set guarded only against its own level's generator would be trained on by its
+neighbours.  Until 1.1.0, 19 of level 2's 100 eval problems were level-1
+problems, trained on at level 1 and replayed at level 2.
 
 Pure standard library: no torch, no prefect, no numpy.
 """
@@ -57,7 +64,7 @@ import re
 from dataclasses import dataclass
 
 GENERATOR_ID = "bin"
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"  # 1.1.0: no level generates another level's held-out eval problems
 SKILL = "bin"
 LEVELS = (1, 2, 3, 4, 5, 6, 7)
 EVAL_SIZE = 100  # eval problems per level where the space is large
@@ -318,6 +325,12 @@ def _sample_args(rng: random.Random, op: str, level: int) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=None)
+def _covered_keys() -> frozenset[str]:
+    """Keys of every problem of the levels whose eval set is their whole space (trained on by design)."""
+    return frozenset(p.key for lv in LEVELS if covers_space(lv) for p in enumerate_problems(lv))
+
+
+@functools.lru_cache(maxsize=None)
 def _eval_tuple(level: int) -> tuple[Problem, ...]:
     _check_level(level)
     if covers_space(level):
@@ -326,7 +339,7 @@ def _eval_tuple(level: int) -> tuple[Problem, ...]:
     # caller's seed (or the generator version).
     rng = random.Random(f"{GENERATOR_ID}:eval:{EVAL_SEED}:{level}")
     ops = LEVEL_OPS[level]
-    seen: set[str] = set()
+    seen: set[str] = set(_covered_keys())   # a covered level trains on these: they cannot be held out
     out: list[Problem] = []
     while len(out) < EVAL_SIZE:
         op = ops[len(out) % len(ops)]  # round-robin spreads ops evenly
@@ -353,6 +366,19 @@ def eval_keys(level: int) -> frozenset[str]:
     return frozenset(p.key for p in _eval_tuple(level))
 
 
+@functools.lru_cache(maxsize=None)
+def _all_held_out() -> frozenset[str]:
+    return frozenset().union(*(eval_keys(lv) for lv in LEVELS if not covers_space(lv)))
+
+
+def held_out_keys(level: int) -> frozenset[str]:
+    """Keys no problem generated at ``level`` may have: the held-out eval problems of every level (a key is
+    level-independent and the levels' spaces overlap), never a covered level's (``_eval_tuple`` keeps the two
+    apart). ``level`` is checked; the answer is the same for every level."""
+    _check_level(level)
+    return _all_held_out()
+
+
 # ---------------------------------------------------------------- generation
 
 
@@ -361,8 +387,8 @@ def generate(level: int, count: int, seed: int) -> list[Problem]:
 
     Uses a private random.Random seeded from generator id/version, level and
     seed (never the global RNG).  Each op is drawn uniformly from the level's
-    ops.  Where the level does not cover its space, problems whose key is in
-    eval_keys(level) are re-drawn (same op), so training never sees eval.
+    ops.  Problems whose key is held out at any level (`held_out_keys`) are
+    re-drawn (same op), so training never sees a held-out eval problem.
     Duplicates are allowed.  Raises ValueError for an unknown level or a
     negative / non-int count.
     """
@@ -370,13 +396,14 @@ def generate(level: int, count: int, seed: int) -> list[Problem]:
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"count must be a non-negative int, got {count!r}")
     rng = random.Random(f"{GENERATOR_ID}:{GENERATOR_VERSION}:{level}:{seed}")
-    held_out = frozenset() if covers_space(level) else eval_keys(level)
+    held_out = held_out_keys(level)
     ops = LEVEL_OPS[level]
     out: list[Problem] = []
     for _ in range(count):
         op = rng.choice(ops)
         # Re-draw only the operands so the op mix stays uniform.  Terminates:
-        # every op space (>= 273 at level 4) far exceeds its eval share.
+        # every op's space far exceeds the held-out problems inside it (level
+        # 1: none; level 2: 33-34 per op of >= 231).
         problem = Problem(op, _sample_args(rng, op, level), level)
         while problem.key in held_out:
             problem = Problem(op, _sample_args(rng, op, level), level)

@@ -19,7 +19,7 @@ The user turn is laid out by ``review_prompt`` (docs/data-formats.md, "Sparring 
     {the question}
 
 Problems (``draw_problems``) are seeded from the checkpoint (``seed_for``: its name and step), distinct by key,
-and never a level's held-out eval problem. Where a level's eval set IS its whole space (``covers_space``: BIN
+and never a held-out eval problem of any level. Where a level's eval set IS its whole space (``covers_space``: BIN
 level 1, 187 problems) no problem can avoid it: that level's sparring problems come from the same space, as its
 curriculum files already do, and its eval report already says it overlaps training. At most half of an
 enumerable space is asked, so every wrong answer gets its own fresh confirmation problem.
@@ -79,10 +79,10 @@ def asked_count(skill, level: int, wanted: int) -> int:
 
 def draw_problems(skill, level: int, wanted: int, seed: int) -> tuple[list, list]:
     """(asked, fresh): ``asked_count`` problems to ask and as many fresh ones for the confirmations, all distinct
-    by key, deterministic in (skill, level, wanted, seed). Neither list holds a held-out eval problem of the
-    level; a level whose eval set covers its whole space (``skill.covers_space``) has none held out."""
+    by key, deterministic in (skill, level, wanted, seed). Neither list holds a held-out eval problem of any
+    level (``skill.held_out_keys``); a level whose eval set covers its whole space has none of its own."""
     n = asked_count(skill, level, wanted)
-    held_out = frozenset() if skill.covers_space(level) else skill.eval_keys(level)
+    held_out = skill.held_out_keys(level)
     seen: set[str] = set()
     out: list = []
     for round_ in range(MAX_ROUNDS):

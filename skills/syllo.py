@@ -402,6 +402,13 @@ def _eval_keys(level: int, path: str) -> frozenset[str]:
     return frozenset(p.key for p in _eval_tuple(level, path))
 
 
+def held_out_keys(level: int) -> frozenset[str]:
+    """Keys no puzzle generated at ``level`` may have: the level's eval set (a puzzle's key includes its words
+    and level size, so levels do not share puzzles as BIN's overlapping operand ranges do); none where the eval
+    set covers the level's space."""
+    return frozenset() if covers_space(level) else eval_keys(level)
+
+
 def generate(level: int, count: int, seed: int) -> list[Problem]:
     """`count` puzzles at `level`, deterministic in (level, seed).
 

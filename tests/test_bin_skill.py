@@ -107,6 +107,28 @@ def test_generate_disjoint_from_eval(level, seed):
     assert not any(p.key in keys for p in B.generate(level, 2000, seed))
 
 
+@pytest.mark.parametrize("level", B.LEVELS)
+def test_no_level_generates_any_level_s_held_out_problem(level):
+    """The levels' spaces overlap (level 2's 0-20 holds level 1's 0-10; level 4 holds all of level 3), so each
+    generator must avoid every level's held-out eval set, not only its own: level-3 files never hold a level-2
+    eval problem, and replaying level 2 inside them (generate(2)) never does either."""
+    held = B.held_out_keys(level)
+    assert held == frozenset().union(*(B.eval_keys(lv) for lv in B.LEVELS if not B.covers_space(lv)))
+    assert not any(p.key in held for p in B.generate(level, 3000, 11))
+
+
+def test_held_out_sets_never_take_a_problem_a_covered_level_trains_on():
+    """Level 1's eval set is its whole space and it trains on all of it, so a level-1 problem cannot be held out
+    at level 2 (until 1.1.0, 19 of level 2's 100 eval problems were level-1 problems)."""
+    level_one = {p.key for p in B.enumerate_problems(1)}
+    for level in B.LEVELS[1:]:
+        assert len(B.eval_keys(level)) == B.EVAL_SIZE and not B.eval_keys(level) & level_one
+    assert not B.held_out_keys(1) & level_one          # level 1 generates its whole space, as before
+    # and the cross-level guard is needed: level 3's space (10-100) holds some of level 2's eval problems
+    crossing = B.eval_keys(2) & {p.key for p in B.enumerate_problems(3)}
+    assert crossing and crossing <= B.held_out_keys(3)
+
+
 def test_level2_generation_actually_needs_holdout():
     # Level 2 is small (1113); 2000 draws would hit the 100 eval problems
     # ~170 times without the hold-out, so the disjointness test is meaningful.

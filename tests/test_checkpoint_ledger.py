@@ -41,7 +41,7 @@ def test_ledger_has_every_field(trained):
     (record,) = ledger["data_files"]
     assert record["sha256"] == ckpt.sha256_file(data)
     assert record["path"] == str(data.resolve())
-    assert record["generator"] == "bin@1.0.0" and record["spec"] == "chat_sft_v1"
+    assert record["generator"] == "bin@1.1.0" and record["spec"] == "chat_sft_v1"
     assert (ledger["skill"], ledger["level"]) == ("bin", 1)
     assert ledger["lineage_files"] == [record["sha256"]]
     assert ledger["examples_trained"] > 0 and ledger["total_examples_trained"] == ledger["examples_trained"]

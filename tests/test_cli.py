@@ -72,7 +72,7 @@ def test_generate_writes_valid_chat_and_sidecar(tmp_path, capsys):
     assert [json.loads(line) for line in lines] == [B.to_chat(p) for p in B.generate(1, 50, 3)]
 
     meta = json.loads(sidecar_of(out).read_text(encoding="utf-8"))
-    assert meta["generator"] == "bin@1.0.0"
+    assert meta["generator"] == "bin@1.1.0"
     assert meta["params"] == {"skill": "bin", "level": 1, "count": 50, "seed": 3}
     assert meta["example_count"] == 50
     assert meta["spec"] == "chat_sft_v1" and meta["skill"] == "bin" and meta["level"] == 1
@@ -110,7 +110,7 @@ def test_generate_force_replaces(tmp_path, capsys):
     code, _, err = generate(capsys, out, 1, 50, 3, "--force")
     assert code == 0, err
     assert len(read_chat_file(out)) == 50
-    assert json.loads(sidecar_of(out).read_text(encoding="utf-8"))["generator"] == "bin@1.0.0"
+    assert json.loads(sidecar_of(out).read_text(encoding="utf-8"))["generator"] == "bin@1.1.0"
 
 
 @pytest.mark.parametrize("level", [0, 8, -1])

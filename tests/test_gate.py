@@ -28,9 +28,9 @@ def test_good_file_is_queued_and_recorded(tmp_path):
     assert sha(src) == before and sha(a.entry.path) == before
     meta = read_sidecar(a.entry.path)
     assert meta["validation"]["outcome"] == "accepted" and meta["validation"]["validator"] == "dojo.validate@2.0.0"
-    assert meta["generator"] == "bin@1.0.0"
+    assert meta["generator"] == "bin@1.1.0"
     stats = lineage_stats.load(cfg)
-    assert "bin@1.0.0" in json.dumps(stats)
+    assert "bin@1.1.0" in json.dumps(stats)
 
 
 def test_partly_bad_file_queues_valid_lines_and_keeps_rejected_ones(tmp_path):
