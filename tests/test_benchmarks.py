@@ -150,7 +150,7 @@ def test_bin_generalisation_scores_the_training_space_against_the_held_out_set(t
     checkpoint = train_chunk(cfg, generate_file("bin", 2, 40, 3, tmp_path / "bin2.jsonl"), steps=2).checkpoint
     assert gen.main([str(checkpoint), "--config", str(tmp_path / "dojo.yaml"), "--sample", "30"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert not {p.key for p in gen.training_sample(2, 10_000)} & bin_skill.eval_keys(2)
+    assert not {p.key for p in gen.training_sample(2, 10_000)} & bin_skill.held_out_keys(2)
     assert len(gen.training_sample(2, 10_000)) == len(bin_skill.enumerate_problems(2)) - len(bin_skill.eval_keys(2))
     assert out["training_space"]["n"] == 30 and out["held_out"]["n"] == len(bin_skill.eval_problems(2))
     assert set(out["held_out"]["by_op"]) == set(bin_skill.LEVEL_OPS[2])
