@@ -40,10 +40,10 @@ def training_sample(level: int, sample: int, seed: int = 0) -> list:
     """``sample`` problems of the level's space that curriculum files may contain (not in its eval set)."""
     from skills import bin as bin_skill
 
+    if bin_skill.covers_space(level):
+        raise ValueError(f"BIN level {level}: the eval set is the whole space; nothing is held out")
     keys = bin_skill.held_out_keys(level)           # what no curriculum or sparring file may contain
     seen = [p for p in bin_skill.enumerate_problems(level) if p.key not in keys]   # ValueError past level 4
-    if not seen:
-        raise ValueError(f"BIN level {level}: the eval set is the whole space; nothing is held out")
     random.Random(seed).shuffle(seen)
     return seen[:sample]
 
