@@ -241,6 +241,28 @@ def test_regression_emits_an_event_and_an_artifact(trained, harness, one_torch_t
     assert table[0]["rank"] == 1 and {r["checkpoint"] for r in table} >= {checkpoint.name, "checkpoint-best-l1"}
 
 
+@pytest.mark.slow
+def test_the_evaluation_task_completes_when_a_mastered_level_is_skipped(trained, harness, one_torch_thread):
+    """eval.mastered_every skips mastered levels on most evaluations; the task's log line must not choke on the
+    skipped row (until 2026-12-03 it raised on every such evaluation: the evaluate/checkpoint run failed after
+    recording, sparring never started, and an inline run of train/continuous died)."""
+    from prefect import flow
+
+    from tasks import pipeline as t
+
+    cfg, checkpoint = trained
+    level_two_state(cfg.root, evals=1)                      # not due: level 1 is skipped
+    promotion.apply(cfg.root, promotion.decide("ck-best", {"2": 1.0}, None, "bin", 2, []), "/x",
+                    {"bin": {"1": 1.0, "2": 1.0}})         # unbeatable: no forced evaluation of level 1
+
+    @flow
+    def evaluate_one():
+        return t.evaluate_and_promote(cfg, str(checkpoint))
+
+    out = evaluate_one()
+    assert out["skipped_levels"] == [1] and list(out["levels"]) == ["2"] and not out["promoted"]
+
+
 # ---------------------------------------------------------------- the A/B script, at a tiny wall time
 @pytest.mark.slow
 def test_learning_ab_runs_a_configuration(harness, tmp_path, capsys, one_torch_thread):
