@@ -140,9 +140,15 @@ def run_config(name: str, args, keep: Path | None = None) -> dict:
     try:
         cfg_path = config_file(folder, name, args)
         started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
-        chunks = continuous(max_hours=args.minutes / 60, hand_off="inline", config=str(cfg_path))
+        error = None
+        try:
+            chunks = continuous(max_hours=args.minutes / 60, hand_off="inline", config=str(cfg_path))
+        except Exception as e:            # a crash mid-run: report what it did up to then, and the crash
+            error = f"{type(e).__name__}: {e}"[:300]
+            chunks = len(list((folder / "root" / "checkpoints").glob("checkpoint-*")))
         result = collect(cfg_path, started, time.monotonic() - t0, chunks)
         result["root"] = str(folder / "root") if keep else None
+        result["error"] = error
         return result
     finally:
         if keep is None:
@@ -151,7 +157,8 @@ def run_config(name: str, args, keep: Path | None = None) -> dict:
 
 def run_parallel(names: list[str], args) -> dict:
     """Every configuration at once, each in a process of its own (this script with ``--configs NAME``) against
-    the current Prefect API; their results, in ``names`` order. A configuration that fails stops the run."""
+    the current Prefect API; their results, in ``names`` order. A configuration that crashed mid-run reports
+    what it did until then (its ``error`` says why); one that left no result stops the run."""
     import subprocess
 
     from prefect.settings import PREFECT_API_URL
@@ -171,7 +178,8 @@ def run_parallel(names: list[str], args) -> dict:
         print(f"== {name}: {args.minutes} min, pid {procs[name][0].pid}, log {out / f'{name}.log'}", flush=True)
     failed = []
     for name, (proc, log) in procs.items():
-        if proc.wait() != 0:
+        proc.wait()                  # exit 1 with a JSON: the run crashed and its row says so (run_config)
+        if not (out / f"{name}.json").is_file():
             failed.append(name)
         log.close()
     if failed:
@@ -199,6 +207,8 @@ def table(results: dict[str, dict], args) -> str:
                      f"{_accuracy(r.get('best_training', {}))} | {_accuracy(r['last_eval'])} | "
                      f"{_accuracy(r['promoted_eval'])} | {s['queued']} / {s['mixed']} / {s['retired']} | "
                      f"{s['chunks']} ({s['examples']}) |")
+    lines += [f"\n**{name} crashed after {r['wall_min']} min**, its row is what it did until then: {r['error']}"
+              for name, r in results.items() if r.get("error")]
     return "\n".join(lines)
 
 
@@ -273,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"`{command.strip()}` on {machine()}; wall time per configuration: {walls}. Tiny model, "
                     f"the repo's dojo.yaml, seed {args.seed}; one run each, so an indication, not a statistic.\n\n"
                     f"{text}\n")
-    return 0
+    return 1 if any(r.get("error") for r in results.values()) else 0
 
 
 if __name__ == "__main__":
