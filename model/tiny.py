@@ -81,12 +81,39 @@ add subtract multiply leftshift rightshift tobinary todecimal binary decimal num
 """
 
 
+def _corpus_problems(level: int, count: int = 400) -> list:
+    """The BIN problems of the stored tokenizer's corpus: what ``skills.bin.generate(level, 400, seed=0)`` drew at
+    generator 1.0.0, frozen here so the curriculum generator can change (1.1.0 holds out across levels) without
+    changing the tokenizer that the built-in model's embeddings were made for. Same draws: the 1.0.0 seed string,
+    a uniform op, ``_sample_args``, re-drawn while in the level's 1.0.0 eval set (level 1: none held out)."""
+    def eval_keys_1_0_0(lv: int) -> frozenset[str]:
+        if bin_skill.covers_space(lv):
+            return frozenset()
+        draw, ops, keys = random.Random(f"bin:eval:{bin_skill.EVAL_SEED}:{lv}"), bin_skill.LEVEL_OPS[lv], []
+        while len(keys) < bin_skill.EVAL_SIZE:
+            op = ops[len(keys) % len(ops)]
+            key = bin_skill.Problem(op, bin_skill._sample_args(draw, op, lv), lv).key
+            if key not in keys:
+                keys.append(key)
+        return frozenset(keys)
+
+    rng, held, ops = random.Random(f"bin:1.0.0:{level}:{SEED}"), eval_keys_1_0_0(level), bin_skill.LEVEL_OPS[level]
+    out = []
+    for _ in range(count):
+        op = rng.choice(ops)
+        problem = bin_skill.Problem(op, bin_skill._sample_args(rng, op, level), level)
+        while problem.key in held:
+            problem = bin_skill.Problem(op, bin_skill._sample_args(rng, op, level), level)
+        out.append(problem)
+    return out
+
+
 def corpus() -> list[str]:
     """The fixed tokenizer training corpus: rendered BIN problems of every level and some English."""
     rng = random.Random(SEED)
     texts = [ENGLISH] * 20
     for level in bin_skill.LEVELS:
-        for problem in bin_skill.generate(level, 400, seed=SEED):
+        for problem in _corpus_problems(level):
             texts.append(f"<|im_start|>user\n{problem.prompt}<|im_end|>\n<|im_start|>assistant\n"
                          f"<think>\n\n</think>\n\n{problem.completion}<|im_end|>\n")
     rng.shuffle(texts)
