@@ -275,7 +275,7 @@ def test_learning_ab_runs_a_configuration(harness, tmp_path, capsys, one_torch_t
     ab = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ab)
     out = tmp_path / "ab.json"
-    assert ab.main(["--minutes", "0.1", "--configs", "both", "--steps-per-chunk", "8",
+    assert ab.main(["--minutes", "0.2", "--configs", "both", "--steps-per-chunk", "8",
                     "--examples-per-file", "60", "--set", "eval.max_new_tokens=20", "--set", "spar.problems=20",
                     "--no-harness", "--keep", str(tmp_path / "roots"), "--json", str(out)]) == 0
     results = json.loads(out.read_text())
@@ -303,7 +303,9 @@ def test_learning_ab_runs_configurations_at_once(harness, tmp_path, capsys):
     ab = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ab)
     out = tmp_path / "ab.json"
-    assert ab.main(["--minutes", "0.05", "--configs", "baseline,replay", "--parallel", "--steps-per-chunk", "4",
+    # 15 s: the loop checks its deadline before each chunk, and on a loaded box its start-up (recover) alone has
+    # taken 3 s, so at 3 s (0.05) a configuration could end with no chunk at all (CI, 2026-12-03)
+    assert ab.main(["--minutes", "0.25", "--configs", "baseline,replay", "--parallel", "--steps-per-chunk", "4",
                     "--examples-per-file", "40", "--set", "eval.max_new_tokens=20", "--no-harness",
                     "--keep", str(tmp_path / "roots"), "--json", str(out)]) == 0
     results = json.loads(out.read_text())
