@@ -26,8 +26,7 @@ sys.path.insert(0, str(ROOT))
 def accuracy(gen, problems, max_new_tokens: int) -> dict:
     from skills import bin as bin_skill
 
-    outputs = gen.answer([bin_skill.to_chat(p)["messages"][:1] for p in problems], max_new_tokens)
-    right = [bin_skill.score(o, p).correct for o, p in zip(outputs, problems)]
+    right = [s.correct for s in gen.attempt(bin_skill, problems, max_new_tokens)[2]]   # as model.evaluate scores
     ok, n = Counter(), Counter()
     for p, good in zip(problems, right):
         n[p.op] += 1
@@ -37,7 +36,7 @@ def accuracy(gen, problems, max_new_tokens: int) -> dict:
 
 
 def training_sample(level: int, sample: int, seed: int = 0) -> list:
-    """``sample`` problems of the level's space that curriculum files may contain (not in its eval set)."""
+    """``sample`` problems of the level's space that curriculum files may contain (no level's held-out problem)."""
     from skills import bin as bin_skill
 
     if bin_skill.covers_space(level):

@@ -71,9 +71,8 @@ def spar(cfg, checkpoint: str, skill: str | None = None, level: int | None = Non
     seed = sparring.seed_for(path.name, step)
     asked, fresh = sparring.draw_problems(module, level, wanted, seed)
     gen = Generator.load(cfg, path, ledger)
-    outputs = gen.answer([module.to_chat(p)["messages"][:1] for p in asked], cfg.eval.max_new_tokens)
-    answers = [gen.profile.answer_text(o) for o in outputs]
-    correct = [module.score(a, p).correct for a, p in zip(answers, asked)]
+    _, answers, scores = gen.attempt(module, asked, cfg.eval.max_new_tokens)
+    correct = [s.correct for s in scores]
     records = sparring.build(asked, answers, correct, fresh)
     missed = len(records) // 3
     result = {"checkpoint": path.name, "step": step, "skill": skill, "level": level, "seed": seed,

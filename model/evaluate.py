@@ -114,6 +114,13 @@ class Generator:
         return greedy_generate(self.model, self.tokenizer, prompts, self.batch_size, max_new_tokens,
                                processors or None)
 
+    def attempt(self, skill, problems: list, max_new_tokens: int) -> tuple[list[str], list[str], list]:
+        """Each problem asked as the evaluation asks it (its user turn): the raw outputs, the profile's answer
+        texts and the skill's scores of those. Evaluation, sparring and the BIN generalisation probe share it."""
+        outputs = self.answer([skill.to_chat(p)["messages"][:1] for p in problems], max_new_tokens)
+        answers = [self.profile.answer_text(o) for o in outputs]
+        return outputs, answers, [skill.score(a, p) for a, p in zip(answers, problems)]
+
 
 PROBE_MAX_NEW_TOKENS = 32       # every probe answer is a few tokens
 
@@ -145,13 +152,11 @@ def evaluate(cfg: Config, checkpoint: str | Path, skill_name: str = "bin", level
     if bad:
         raise ValueError(f"--levels: {bad} not in {skill_name}'s levels {list(skill.LEVELS)}")
     gen = Generator.load(cfg, path, ledger)
-    profile = gen.profile
     started = time.monotonic()
     results = {}
     for level in levels:
         problems = skill.eval_problems(level)
-        outputs = gen.answer([skill.to_chat(p)["messages"][:1] for p in problems], cfg.eval.max_new_tokens)
-        scores = [skill.score(profile.answer_text(o), p) for o, p in zip(outputs, problems)]
+        outputs, _, scores = gen.attempt(skill, problems, cfg.eval.max_new_tokens)
         correct = sum(s.correct for s in scores)
         failures = [{"prompt": p.prompt, "expected": p.completion, "output": o, "reason": s.reason}
                     for p, o, s in zip(problems, outputs, scores) if not s.correct][: cfg.eval.show_failures]

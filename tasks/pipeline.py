@@ -147,9 +147,9 @@ def evaluate_and_promote(cfg, checkpoint: str) -> dict:
         logger.warning("%s", out["overfitting"])
     if out["probe"]:
         logger.info("transfer probes: %s", {k: out["probe"].get(k) for k in ("score", "base", "delta", "error")})
-    logger.info("%s: %s", out["checkpoint"], ", ".join(                # a skipped level's accuracy is its reason
-        f"L{r['level']} " + (f"{r['accuracy']:.3f}" if not isinstance(r["accuracy"], str) else r["accuracy"])
-        for r in rows))
+    scored = ", ".join(f"L{lv} {r['accuracy']:.3f}" for lv, r in out["levels"].items())    # evaluated levels only
+    logger.info("%s: %s%s", out["checkpoint"], scored, f"; skipped level(s) {out['skipped_levels']} "
+                f"(eval.mastered_every)" if out["skipped_levels"] else "")
     if out["advance"]:
         logger.info("curriculum advanced: %s", out["advance"])
     logger.info("promotion: %s — %s", "promoted" if out["promoted"] else "not promoted", out["reason"])
