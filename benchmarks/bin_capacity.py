@@ -9,7 +9,8 @@ level-1 replay — the files the loop would generate — in chunks of ``--chunk-
 evaluates levels 1 and 2 (``model.evaluate.evaluate``: the fixed held-out eval sets) with the accuracy per
 operation. It stops at ``--minutes`` of wall time. The settings are the repo's ``dojo.yaml`` (rows of 128 tokens,
 no system prompt, micro-batch 8); a variant changes only the model (a copy of the tiny model's directory with
-another ``config.json`` and ``model.init: random``) and the learning rate.
+another ``config.json`` and ``model.init: random``), the learning rate, ``train`` settings, or what each file
+mixes in besides level 2 (``mix``; default 20% from level 1).
 
 | variant | layers × hidden (heads, kv heads) | parameters |
 |---|---|---|
@@ -57,6 +58,7 @@ VARIANTS = {
     "tiny-ahead-wd0.1": {"model": {}, "lr": None, "train": {"weight_decay": 0.1},
                          "mix": {"levels": (3,), "share": 0.4}},
 }
+DEFAULT_MIX = {"levels": (1,), "share": 0.2}  # the loop's replay of the mastered level
 
 
 def model_dir(folder: Path, changes: dict) -> Path | None:
@@ -119,7 +121,7 @@ def run_variant(name: str, minutes: float, chunk_steps: int, out: Path) -> None:
     seed = 0
     while time.monotonic() - started < minutes * 60:
         seed += 1
-        mix = VARIANTS[name].get("mix", {"levels": (1,), "share": 0.2})
+        mix = VARIANTS[name].get("mix", DEFAULT_MIX)
         data = generate_file("bin", 2, cfg.curriculum.examples_per_file, seed, folder / f"l2_s{seed}.jsonl",
                              replay_levels=mix["levels"], replay_share=mix["share"])
         result = train_chunk(cfg, data, chunk_steps)
@@ -196,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         head = [f"\n## BIN level 2 capacity: training alone per model size — {started:%Y-%m-%d %H:%M} UTC\n",
                 f"`{cmd.strip()}` on {platform.node()} ({os.cpu_count()} CPU cores, no GPU), {len(names)} variants "
                 f"at once, one thread each, {args.minutes:g} min each, an evaluation every {args.chunk_steps} steps. "
-                "Level-2 files with 20% level-1 replay, the repo's dojo.yaml otherwise.\n"]
+                "Level-2 files with 20% level-1 replay unless the variant mixes otherwise (see the script's "
+                "docstring), the repo's dojo.yaml otherwise.\n"]
         with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
             f.write("\n".join(head + lines) + "\n")
         (ROOT / "docs" / "bin_capacity.json").write_text(json.dumps(results, indent=1))
